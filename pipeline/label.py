@@ -1,0 +1,110 @@
+"""Label (CRISP-DM: monitoring): bring in the ground truth that arrives after scoring.
+
+Only records that were actually scored get a label row, and labels are upserted, so
+importing the same feed twice, or a corrected feed, leaves exactly one label per record.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from pipeline.errors import DataError
+
+LABEL_VALUES = (0, 1)
+
+
+def clean_truth(truth: pd.DataFrame, id_column: str, label_column: str) -> pd.DataFrame:
+    """Validate a ground-truth feed into (record_id, label); bad rows stop the import."""
+    for column in (id_column, label_column):
+        if column not in truth.columns:
+            raise DataError(column, "required column", "missing", f"columns: {list(truth.columns)}")
+    ids = truth[id_column]
+    if ids.isna().any():
+        raise DataError(id_column, "not null", None, f"{int(ids.isna().sum())} rows")
+    labels = pd.to_numeric(truth[label_column], errors="coerce")
+    bad = labels.isna() | ~labels.isin(LABEL_VALUES)
+    if bad.any():
+        raise DataError(
+            label_column, f"allowed {list(LABEL_VALUES)}", truth[label_column][bad].iloc[0]
+        )
+    out = pd.DataFrame({"record_id": ids.astype(str), "label": labels.astype("int64")})
+    # A feed may correct itself: the last word on a record wins.
+    return out.drop_duplicates("record_id", keep="last").reset_index(drop=True)
+
+
+def match(scored_ids: pd.Series, truth: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
+    """Labels for the scored records only, and how many scored records still wait for one."""
+    matched = truth[truth["record_id"].isin(set(scored_ids.astype(str)))]
+    stats = {
+        "scored": len(scored_ids),
+        "labeled": len(matched),
+        "waiting": int(len(scored_ids) - len(matched)),
+        "positives": int(matched["label"].sum()),
+    }
+    return matched.reset_index(drop=True), stats
+
+
+def read_truth(settings, frame: int) -> tuple[pd.DataFrame, str]:
+    """The ground-truth feed for a frame, in pseudonymised form when the environment says so."""
+    from pipeline.layout import Layout
+    from pipeline.privacy import pseudonymisation_key, pseudonymise
+    from pipeline.sources import read_file, read_sql, sql_url
+
+    source = settings.label_source
+    contract = settings.contract
+    if source.kind == "target":
+        prepared = pd.read_parquet(
+            Layout(settings.root).frame_file(Layout(settings.root).prepared, frame)
+        )
+        # Prepared ids are already pseudonymised when the filter is on.
+        return clean_truth(
+            prepared, contract.id_column, contract.target
+        ), f"target:{contract.target}"
+    if source.kind == "file":
+        if not source.path:
+            from pipeline.errors import ConfigError
+
+            raise ConfigError("label.source.path is required when label.source.kind is 'file'")
+        raw = read_file(source.path, "auto", settings.root, None, None)
+        origin = f"file:{source.path}"
+    else:
+        raw = read_sql(
+            sql_url(source.url, source.url_env, "label.source.url_env"), source.query or ""
+        )
+        origin = f"sql:{source.url_env or 'url'}"
+    truth = clean_truth(raw, source.id_column, source.label_column)
+    privacy = settings.environment.privacy
+    if privacy.pseudonymise_ids:
+        truth["record_id"] = pseudonymise(truth["record_id"], pseudonymisation_key(privacy))
+    return truth, origin
+
+
+def run(settings, frame: int) -> dict:
+    """Entry point: truth for data/scored/frame_<n> -> labels table, reports/labels/."""
+    from pipeline.io import write_json
+    from pipeline.layout import Layout
+    from pipeline.store import ScoreStore, utcnow
+
+    layout = Layout(settings.root)
+    scored = pd.read_parquet(layout.frame_file(layout.scored, frame))
+    truth, origin = read_truth(settings, frame)
+    matched, stats = match(scored["record_id"], truth)
+    now = utcnow()
+    store = ScoreStore(settings.store_url)
+    try:
+        store.migrate()
+        store.upsert_labels(
+            {
+                "environment": settings.env,
+                "record_id": r,
+                "label": int(lab),
+                "source": origin[:300],
+                "labeled_at": now,
+            }
+            for r, lab in zip(matched["record_id"], matched["label"], strict=True)
+        )
+    finally:
+        store.dispose()
+    summary = {"frame": frame, "source": origin, **stats}
+    write_json(layout.frame_file(layout.reports / "labels", frame, ".json"), summary)
+    return summary

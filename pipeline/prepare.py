@@ -1,0 +1,96 @@
+"""Prepare (CRISP-DM: data preparation, algorithm-independent): clean, then apply privacy.
+
+Runs over all frames at once because duplicates and id uniqueness are properties of
+the whole data set, not of one frame.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from pipeline.config import Contract, Prepare, Privacy, Settings
+from pipeline.contract import check_complete
+from pipeline.errors import DataError
+from pipeline.ingest import FRAME
+from pipeline.privacy import apply_privacy
+
+
+def handle_missing(
+    frame: pd.DataFrame, contract: Contract, policy: str
+) -> tuple[pd.DataFrame, int]:
+    """Apply the missing-value policy to columns the contract says may not be null."""
+    required = [s.name for s in contract.specs if not s.nullable and s.name in frame.columns]
+    nulls = frame[required].isna()
+    if not nulls.any().any():
+        return frame, 0
+    first = nulls.any().idxmax()
+    count = int(nulls[first].sum())
+    if policy == "fail":
+        raise DataError(
+            first, "not null", None, f"{count} rows are null; prepare.missing is 'fail'"
+        )
+    if policy == "drop":
+        keep = ~nulls.any(axis=1)
+        return frame[keep].reset_index(drop=True), int((~keep).sum())
+    filled = frame.copy()
+    numeric = {s.name for s in contract.specs if s.dtype in ("float", "int")}
+    for column in required:
+        if not nulls[column].any():
+            continue
+        if column not in numeric or column in (contract.target, contract.id_column):
+            raise DataError(column, "not null", None, "fill_median only fills numeric features")
+        filled[column] = filled[column].fillna(filled[column].median())
+    return filled, int(nulls.any(axis=1).sum())
+
+
+def prepare(
+    frame: pd.DataFrame,
+    contract: Contract,
+    options: Prepare,
+    privacy: Privacy,
+    key: bytes | None,
+) -> tuple[pd.DataFrame, dict]:
+    """Clean and filter the concatenated frames; returns the data and the privacy report."""
+    rows_in = len(frame)
+    duplicates = 0
+    if options.drop_duplicates:
+        deduplicated = frame.drop_duplicates(ignore_index=True)
+        duplicates = rows_in - len(deduplicated)
+        frame = deduplicated
+    frame, missing = handle_missing(frame, contract, options.missing)
+    check_complete(frame, contract)
+    filtered, report = apply_privacy(frame, contract, privacy, key)
+    report["cleaning"] = {
+        "rows_in": rows_in,
+        "duplicates_dropped": duplicates,
+        "rows_with_missing_handled": missing,
+        "missing_policy": options.missing,
+        "rows_out": len(filtered),
+    }
+    return filtered, report
+
+
+def split_frames(frame: pd.DataFrame, count: int) -> dict[int, pd.DataFrame]:
+    return {n: frame[frame[FRAME] == n].reset_index(drop=True) for n in range(1, count + 1)}
+
+
+def run(settings: Settings) -> dict:
+    """Entry point: data/ingested -> data/prepared, plus reports/privacy.json."""
+    from pipeline.io import atomic_dir, write_json
+    from pipeline.layout import Layout
+    from pipeline.privacy import pseudonymisation_key
+
+    layout = Layout(settings.root)
+    privacy = settings.environment.privacy
+    key = pseudonymisation_key(privacy) if privacy.pseudonymise_ids else None
+    count = settings.frames.count
+    data = pd.concat(
+        [pd.read_parquet(layout.frame_file(layout.ingested, n)) for n in range(1, count + 1)],
+        ignore_index=True,
+    )
+    prepared, report = prepare(data, settings.contract, settings.prepare, privacy, key)
+    with atomic_dir(layout.prepared) as tmp:
+        for number, part in split_frames(prepared, count).items():
+            part.to_parquet(layout.frame_file(tmp, number), index=False)
+    write_json(layout.privacy_report, report)
+    return report

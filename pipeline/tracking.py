@@ -1,0 +1,97 @@
+"""MLflow set-up and the lineage facts every run and every score carries.
+
+The embedded default is `sqlite:///mlflow.db` at the repository root with artifacts
+in `mlartifacts/`; `MLFLOW_TRACKING_URI` points everything at a team server instead.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pipeline.config import Settings
+
+UNKNOWN_COMMIT = "unknown"
+
+
+def git_commit(root: Path) -> str:
+    """The commit being built: CI's variable when there is one, else the work tree's HEAD."""
+    for variable in ("CI_COMMIT_SHA", "CRISPML_GIT_COMMIT"):
+        if os.environ.get(variable):
+            return os.environ[variable]
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
+        )
+        return out.stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return UNKNOWN_COMMIT
+
+
+def git_dirty(root: Path) -> bool | None:
+    try:
+        out = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        return bool(out.stdout.strip())
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def dvc_hashes(
+    root: Path, stages: tuple[str, ...] = ("ingest", "prepare", "curate", "train")
+) -> dict[str, str]:
+    """md5 of each output of the data stages, as dvc.lock records them: the data's identity."""
+    lock = root / "dvc.lock"
+    if not lock.is_file():
+        return {}
+    data = yaml.safe_load(lock.read_text()) or {}
+    out: dict[str, str] = {}
+    for name in stages:
+        for item in (data.get("stages", {}).get(name) or {}).get("outs", []):
+            if "md5" in item:
+                out[item["path"]] = item["md5"]
+    return out
+
+
+def runtime_facts() -> dict[str, str]:
+    import sklearn
+
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(terse=True),
+        "sklearn": sklearn.__version__,
+    }
+
+
+def configure(settings: Settings) -> Any:
+    """Point MLflow at the configured store; returns a client for registry calls."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    mlflow.set_tracking_uri(settings.tracking_uri)
+    mlflow.set_registry_uri(settings.tracking_uri)
+    return MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.tracking_uri)
+
+
+def ensure_experiment(settings: Settings) -> str:
+    """Create the experiment once; with the embedded store its artifacts go to mlartifacts/."""
+    import mlflow
+
+    name = settings.registration.experiment
+    experiment = mlflow.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    location = None
+    if "MLFLOW_TRACKING_URI" not in os.environ:
+        location = (settings.root / "mlartifacts").as_uri()
+    return mlflow.create_experiment(name, artifact_location=location)

@@ -1,0 +1,129 @@
+"""Train (CRISP-DM: modeling): algorithm and hyperparameters from params, fixed seeds.
+
+The fitted features and the estimator are joined in one scikit-learn Pipeline and
+saved as an MLflow model with its signature and an input example, so whoever loads
+it (report, register, the REST service) needs nothing else to compute a score.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sklearn.pipeline import Pipeline
+
+from pipeline.config import Settings
+from pipeline.features import TransactionFeatures
+
+
+def make_estimator(algorithm: str, hyperparameters: dict[str, Any], seed: int) -> Any:
+    """Build the estimator; every one gets the seed, so two runs give identical models."""
+    if algorithm == "random_forest":
+        from sklearn.ensemble import RandomForestClassifier
+
+        return RandomForestClassifier(random_state=seed, **hyperparameters)
+    if algorithm == "hist_gradient_boosting":
+        from sklearn.ensemble import HistGradientBoostingClassifier
+
+        return HistGradientBoostingClassifier(random_state=seed, **hyperparameters)
+    if algorithm == "logistic_regression":
+        from sklearn.linear_model import LogisticRegression
+
+        return LogisticRegression(random_state=seed, **hyperparameters)
+    raise ValueError(f"unknown algorithm {algorithm!r}")
+
+
+def fit_model(train: pd.DataFrame, features: TransactionFeatures, settings: Settings) -> Pipeline:
+    """Fit the estimator on the already-fitted features and return both as one Pipeline."""
+    contract = settings.contract
+    X = features.transform(train[contract.model_inputs])
+    y = train[contract.target].to_numpy()
+    estimator = make_estimator(
+        settings.train.algorithm, settings.train.hyperparameters, settings.train.seed
+    )
+    estimator.fit(X, y)
+    if hasattr(estimator, "n_jobs"):
+        # Parallel prediction adds tree outputs in thread completion order, so the last
+        # bits of a probability change run to run. One thread makes scores reproducible
+        # (and a single-record request gains nothing from threads anyway).
+        estimator.set_params(n_jobs=1)
+    # Both steps are fitted; a Pipeline of fitted steps predicts without refitting.
+    return Pipeline([("features", features), ("model", estimator)])
+
+
+def predict_proba(model: Pipeline, frame: pd.DataFrame, inputs: list[str]) -> np.ndarray:
+    """Probability of the positive class: the one number every consumer needs."""
+    return model.predict_proba(frame[inputs])[:, 1]
+
+
+def trusted_types(model: Pipeline) -> list[str]:
+    """Types skops must be told to trust: exactly those in the model this process just built.
+
+    MLflow saves scikit-learn models with skops (no arbitrary pickle code on load); types
+    outside skops' safe list, such as our own feature transformer, must be named.
+    """
+    import skops.io
+
+    return sorted(skops.io.get_untrusted_types(data=skops.io.dumps(model)))
+
+
+def pip_requirements() -> list[str]:
+    """What the model needs to load, pinned to what trained it.
+
+    Given explicitly because MLflow otherwise infers them by loading the model in a
+    fresh Python subprocess, which costs seconds in every train and register.
+    `crispml` carries the feature transformer the pipeline pickles by reference.
+    """
+    from importlib.metadata import version
+
+    return [
+        f"{name}=={version(name)}"
+        for name in ("crispml", "scikit-learn", "numpy", "pandas", "skops")
+    ]
+
+
+def save_model(model: Pipeline, train: pd.DataFrame, settings: Settings, path) -> None:
+    """Save as an MLflow model with signature and input example, atomically."""
+    import mlflow.sklearn
+    from mlflow.models import infer_signature
+
+    from pipeline.io import atomic_dir
+
+    inputs = settings.contract.model_inputs
+    example = train[inputs].head(5)
+    # The pyfunc flavour answers predict_proba, so the output schema is its (n, 2) array.
+    signature = infer_signature(example, model.predict_proba(example))
+    with atomic_dir(path) as tmp:
+        tmp.rmdir()  # MLflow insists on creating the folder itself.
+        mlflow.sklearn.save_model(
+            model,
+            str(tmp),
+            signature=signature,
+            input_example=example,
+            pyfunc_predict_fn="predict_proba",
+            skops_trusted_types=trusted_types(model),
+            pip_requirements=pip_requirements(),
+        )
+
+
+def run(settings: Settings) -> dict:
+    """Entry point: curated train split + fitted features -> data/models/model (MLflow format)."""
+    import pickle
+    import time
+
+    from pipeline.layout import Layout
+
+    layout = Layout(settings.root)
+    train = pd.read_parquet(layout.curated / "train.parquet")
+    with open(layout.features, "rb") as handle:
+        features = pickle.load(handle)
+    started = time.perf_counter()
+    model = fit_model(train, features, settings)
+    fit_seconds = time.perf_counter() - started
+    save_model(model, train, settings, layout.model)
+    return {
+        "algorithm": settings.train.algorithm,
+        "rows": len(train),
+        "fit_seconds": round(fit_seconds, 3),
+    }

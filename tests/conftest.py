@@ -1,0 +1,94 @@
+"""Shared fixtures: a throwaway copy of the project on tiny data, and settings for it.
+
+Tests never touch the working tree's data, MLflow database or score store: each one
+that needs a project gets its own copy under pytest's tmp_path.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+PROJECT = Path(__file__).resolve().parents[1]
+PROJECT_FILES = [
+    "pipeline",
+    "params.yaml",
+    "dvc.yaml",
+    "environments",
+    "pyproject.toml",
+    ".gitignore",
+]
+
+# Small enough for seconds, rich enough in positives for every split to have both classes.
+SMALL_ROWS = 6000
+SMALL_FRAUD_RATE = 0.03
+
+
+def set_param(text: str, key: str, value: str) -> str:
+    """Change the first `key:` line of a YAML text, keeping every comment in place."""
+    new, count = re.subn(
+        rf"(?m)^(\s*{re.escape(key)}:)[ \t]*[^\n#]*", rf"\g<1> {value}", text, count=1
+    )
+    assert count == 1, f"no {key!r} in the text"
+    return new
+
+
+def copy_project(
+    target: Path, rows: int = SMALL_ROWS, fraud_rate: float = SMALL_FRAUD_RATE
+) -> Path:
+    target.mkdir(parents=True, exist_ok=True)
+    for name in PROJECT_FILES:
+        source = PROJECT / name
+        if source.is_dir():
+            shutil.copytree(
+                source, target / name, ignore=shutil.ignore_patterns("__pycache__", "kustomize")
+            )
+        else:
+            shutil.copy2(source, target / name)
+    params = target / "params.yaml"
+    text = set_param(params.read_text(), "rows", str(rows))
+    params.write_text(set_param(text, "fraud_rate", str(fraud_rate)))
+    return target
+
+
+@pytest.fixture
+def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A tiny copy of the project with its own MLflow database and score store."""
+    root = copy_project(tmp_path / "project")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("CRISPML_STORE_URL", raising=False)
+    monkeypatch.setenv("CRISPML_GIT_COMMIT", "0" * 40)
+    return root
+
+
+@pytest.fixture
+def settings(project: Path):
+    from pipeline.config import load_settings
+
+    return load_settings(project)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Under CRISPML_FORBID_SKIPS=1 (set by .ci/run) a skip is a failure.
+
+    Locally a test that needs PostgreSQL or gitlab-ci-local skips with its reason;
+    in CI those services are provided, so a skip would only hide a broken set-up.
+    """
+    outcome = yield
+    report = outcome.get_result()
+    if (
+        os.environ.get("CRISPML_FORBID_SKIPS") == "1"
+        and report.skipped
+        and not hasattr(report, "wasxfail")
+    ):
+        report.outcome = "failed"
+        report.longrepr = f"skipped, but CRISPML_FORBID_SKIPS=1 forbids skips: {report.longrepr}"
+
+
+def postgres_url() -> str | None:
+    return os.environ.get("CRISPML_TEST_DATABASE_URL") or None
