@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 from enum import StrEnum
+from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -118,8 +119,9 @@ class Contract(_Strict):
             raise ValueError("the contract needs at least one feature column")
         return self
 
-    @property
+    @cached_property
     def specs(self) -> list[ColumnSpec]:
+        # Cached: the service asks for it on every request (the model is frozen).
         return [spec for rule in self.columns for spec in rule.expand()]
 
     def names(self, role: Role) -> list[str]:

@@ -3,11 +3,18 @@
 The gate is a pure function of numbers, so it is tested without MLflow. The alias of
 the environment moves only when the gate passes; otherwise the current holder keeps
 serving and the rejected version carries the verdict as tags, for the audit trail.
+
+With CRISPML_DEFER_ALIAS=1 (CI sets it) the stage records its decision instead of moving
+the alias: the promote job of an environment branch's pipeline moves it (`crispml alias
+promote`), and a merge request pipeline never does.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass, field
+
+DEFER_ALIAS_ENV = "CRISPML_DEFER_ALIAS"
 
 
 @dataclass(frozen=True)
@@ -83,7 +90,9 @@ def _champion_pr_auc(client, settings, champion, test) -> float | None:
         return float(recorded) if recorded else None
 
 
-def fall_back(client, name: str, alias: str, fallback_alias: str, commit: str) -> dict:
+def fall_back(
+    client, name: str, alias: str, fallback_alias: str, commit: str, move: bool = True
+) -> dict:
     """Point `alias` at the version `fallback_alias` validated for this same commit, if any.
 
     Only the same commit qualifies: a model validated for other code would put untested
@@ -102,19 +111,22 @@ def fall_back(client, name: str, alias: str, fallback_alias: str, commit: str) -
         )
         print(f"warning: {message}", file=sys.stderr)
         return {"used": False, "reason": message}
-    event = registry.move_alias(
-        client,
-        name,
-        alias,
-        str(holder.version),
-        reason=(
-            f"fallback: own model failed its gate; serving the @{fallback_alias} model "
-            "of this commit"
-        ),
-    )
+    event = None
+    if move:
+        event = registry.move_alias(
+            client,
+            name,
+            alias,
+            str(holder.version),
+            reason=(
+                f"fallback: own model failed its gate; serving the @{fallback_alias} model "
+                "of this commit"
+            ),
+        )
     print(
-        f"FALLBACK: @{alias} now serves version {holder.version}, validated in @{fallback_alias} "
-        f"for commit {commit[:12]}, because this environment's own model failed its gate",
+        f"FALLBACK: @{alias} {'now serves' if move else 'is to serve'} version {holder.version}, "
+        f"validated in @{fallback_alias} for commit {commit[:12]}, because this environment's "
+        "own model failed its gate" + ("" if move else " (the promote job moves the alias)"),
         file=sys.stderr,
     )
     return {
@@ -218,21 +230,32 @@ def run(settings) -> dict:
     }
     for key, value in version_tags.items():
         client.set_model_version_tag(name, version, key, value)
-    moved, fallback = None, None
+    defer = os.environ.get(DEFER_ALIAS_ENV) == "1"
+    moved, fallback, decided = None, None, None
     if verdict.passed:
-        moved = registry.move_alias(client, name, alias, version, reason=f"gate passed in {env}")
+        decided = version
+        if not defer:
+            reason = f"gate passed in {env}"
+            moved = registry.move_alias(client, name, alias, version, reason=reason)
     elif settings.environment.registry.fallback_alias:
-        fallback = fall_back(
-            client, name, alias, settings.environment.registry.fallback_alias, commit
-        )
+        fallback_alias = settings.environment.registry.fallback_alias
+        fallback = fall_back(client, name, alias, fallback_alias, commit, move=not defer)
         moved = fallback.get("event")
-    serving = registry.alias_holder(client, name, alias)
+        if fallback.get("used"):
+            decided = str(fallback["version"])
+    # Deferred, `serving` is what the alias will hold once promoted, so that score and
+    # verify judge the model this environment is about to serve.
+    if defer and decided is not None:
+        serving = client.get_model_version(name, decided)
+    else:
+        serving = registry.alias_holder(client, name, alias)
     result = {
         "model_name": name,
         "candidate_version": version,
         "candidate_run_id": run_id,
         "alias": alias,
         "alias_moved": moved is not None,
+        "alias_deferred": defer,
         "gate": verdict.as_dict(),
         "fallback": fallback,
         "serving": None

@@ -33,16 +33,31 @@ def git_commit(root: Path) -> str:
         return UNKNOWN_COMMIT
 
 
+# What a run writes itself (DVC's lock and uncached outputs) is not a dirty input.
+_OUTPUTS = (":(exclude)dvc.lock", ":(exclude)reports")
+
+
 def git_dirty(root: Path) -> bool | None:
+    """Whether the inputs differ from the commit. The `env:` line that CI sets in
+    params.yaml (`crispml env use`) and the pipeline's own outputs do not count, so a
+    CI run of a clean commit is tagged clean."""
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", *args], cwd=root, capture_output=True, text=True, check=True
+        ).stdout
+
     try:
-        out = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=root,
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        return bool(out.stdout.strip())
+        changed = git("diff", "HEAD", "--name-only", "--", ".", *_OUTPUTS).split()
+        if "params.yaml" in changed:
+            edits = [
+                line
+                for line in git("diff", "HEAD", "-U0", "--", "params.yaml").splitlines()
+                if line[:1] in "+-" and not line.startswith(("+++", "---"))
+            ]
+            if all(line[1:].startswith("env:") for line in edits):
+                changed.remove("params.yaml")
+        return bool(changed)
     except (OSError, subprocess.CalledProcessError):
         return None
 

@@ -125,7 +125,9 @@ class ScoreStore:
 
     def upsert_labels(self, rows: Iterable[dict[str, Any]]) -> int:
         """Insert or overwrite ground truth; the newest word on a record wins."""
-        rows = list(rows)
+        # One row per record: PostgreSQL refuses to update the same row twice in one
+        # statement, and within one call the last word is the one that counts.
+        rows = list({(r["environment"], r["record_id"]): r for r in rows}.values())
         if not rows:
             return 0
         insert = _insert(self.dialect, labels)

@@ -1,0 +1,54 @@
+# CrispML scoring service: `crispml serve` on port 8000, as a non-root user.
+#
+#   docker build -t crispml-service .
+#   docker run -p 8000:8000 \
+#     -e MLFLOW_TRACKING_URI=... -e CRISPML_STORE_URL=postgresql+psycopg://... \
+#     -e CRISPML_API_TOKEN=... -e CRISPML_ENV=dev crispml-service
+#
+# Nothing secret is baked in: the registry, the store, the API token and the
+# pseudonymisation key all come from the environment at run time. Without
+# CRISPML_STORE_URL the service writes to a SQLite file inside the container, which is
+# only fit for a single throwaway container.
+
+# ---------------------------------------------------------------- build: a venv with the package
+FROM python:3.11-slim AS build
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+RUN python -m venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH
+WORKDIR /src
+# Metadata first, then the code: the layer order a dependency cache can reuse.
+COPY pyproject.toml README.md ./
+COPY pipeline ./pipeline
+# A regular (not editable) install: the image needs no source tree to run.
+RUN pip install ".[postgres]" && pip check
+
+# ---------------------------------------------------------------- runtime
+FROM python:3.11-slim
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    HOME=/tmp \
+    MPLCONFIGDIR=/tmp/matplotlib \
+    OMP_NUM_THREADS=1 \
+    OPENBLAS_NUM_THREADS=1 \
+    MKL_NUM_THREADS=1
+RUN groupadd --system --gid 10001 crispml \
+ && useradd --system --uid 10001 --gid crispml --home-dir /app --no-create-home \
+      --shell /usr/sbin/nologin crispml
+COPY --from=build /opt/venv /opt/venv
+WORKDIR /app
+# The configuration the service reads (the data contract and the environment overlays),
+# owned by root and read-only for the service user.
+COPY params.yaml ./
+COPY environments ./environments
+# The only place the service user may write: the default SQLite store.
+RUN mkdir -p /app/data/store && chown crispml:crispml /app/data/store
+USER 10001:10001
+EXPOSE 8000
+# /healthz answers once the model is loaded and uvicorn listens; the start period covers
+# loading MLflow and the model.
+HEALTHCHECK --interval=15s --timeout=3s --start-period=90s --retries=3 \
+  CMD ["python", "-c", "import sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=2).status != 200)"]
+ENTRYPOINT ["crispml"]
+CMD ["serve", "--host", "0.0.0.0", "--port", "8000"]

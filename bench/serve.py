@@ -1,0 +1,332 @@
+"""Benchmark: `crispml serve` (stores every score) against `mlflow models serve` (stores nothing).
+
+Both servers serve the same registered model version, on loopback, one after the
+other (never at the same time, so they do not compete for the cores). For each, a
+light asyncio HTTP/1.1 client with keep-alive connections sends single-record scoring
+requests at concurrency 1 and 8 and measures throughput and latency percentiles.
+After our run, the score store is counted: every 200 must be a stored row.
+
+    # a repository with a registered model (the environment's alias is served):
+    python bench/serve.py --root .
+    # or build a throwaway one with the real pipeline on small data first (about 45 s):
+    python bench/serve.py --demo
+
+Prints one JSON document. Targets (2 cores): our throughput >= MLflow's at each
+concurrency while storing every score, and our p99 at concurrency 8 below 50 ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+# `python bench/serve.py` puts bench/ first on sys.path, where a sibling benchmark may be
+# called pipeline.py; the project's package must win.
+if sys.path and Path(sys.path[0] or ".").resolve() == Path(__file__).resolve().parent:
+    sys.path.pop(0)
+DEMO_FILES = ("pipeline", "params.yaml", "dvc.yaml", "environments", "pyproject.toml")
+DEMO_STAGES = ("ingest", "prepare", "curate", "train", "report", "register")
+
+
+# ------------------------------------------------------------------ a tiny HTTP/1.1 client
+
+
+def _request(host: str, port: int, path: str, body: bytes) -> bytes:
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    head = await reader.readuntil(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split(" ", 2)[1])
+    headers = {}
+    for line in lines[1:]:
+        if ":" in line:
+            key, value = line.split(":", 1)
+            headers[key.strip().lower()] = value.strip()
+    if "content-length" in headers:
+        return status, await reader.readexactly(int(headers["content-length"]))
+    body = b""
+    while True:  # chunked
+        size = int((await reader.readuntil(b"\r\n")).strip(), 16)
+        chunk = await reader.readexactly(size + 2)
+        if size == 0:
+            return status, body
+        body += chunk[:-2]
+
+
+async def _client(
+    host: str, port: int, requests: list[bytes], latencies: list[float], failures: list[int]
+) -> None:
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        for raw in requests:
+            started = time.perf_counter()
+            writer.write(raw)
+            status, _body = await _read_response(reader)
+            latencies.append(time.perf_counter() - started)
+            if status != 200:
+                failures.append(status)
+    finally:
+        writer.close()
+
+
+async def _load(host: str, port: int, bodies: list[bytes], concurrency: int) -> dict[str, Any]:
+    per_client = [bodies[i::concurrency] for i in range(concurrency)]
+    latencies: list[float] = []
+    failures: list[int] = []
+    started = time.perf_counter()
+    await asyncio.gather(
+        *(_client(host, port, chunk, latencies, failures) for chunk in per_client)
+    )
+    wall = time.perf_counter() - started
+    ordered = sorted(latencies)
+
+    def pct(p: float) -> float:
+        return round(ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))] * 1000, 2)
+
+    return {
+        "requests": len(latencies),
+        "non_200": len(failures),
+        "throughput_rps": round(len(latencies) / wall, 1),
+        "p50_ms": pct(50),
+        "p99_ms": pct(99),
+        "max_ms": round(ordered[-1] * 1000, 2),
+    }
+
+
+def run_load(host: str, port: int, path: str, payloads: list[bytes], total: int,
+             concurrency: int, warmup: int) -> dict[str, Any]:
+    bodies = [_request(host, port, path, payloads[i % len(payloads)]) for i in range(total)]
+    warm = [_request(host, port, path, payloads[i % len(payloads)]) for i in range(warmup)]
+    try:
+        import uvloop
+
+        runner = uvloop.run
+    except ImportError:  # pragma: no cover
+        runner = asyncio.run
+    runner(_load(host, port, warm, concurrency))
+    return runner(_load(host, port, bodies, concurrency))
+
+
+# ------------------------------------------------------------------ servers
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_http(url: str, process: subprocess.Popen, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode} before {url} answered")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.3)
+    raise RuntimeError(f"{url} did not answer 200 within {timeout} s")
+
+
+def start(command: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
+    # A new session, so stopping it also stops the workers it spawns (mlflow does).
+    return subprocess.Popen(
+        command, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True
+    )
+
+
+def stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+# ------------------------------------------------------------------ model and data
+
+
+def build_demo(folder: Path) -> Path:
+    """A throwaway copy of the project, run through the real pipeline on small data."""
+    for name in DEMO_FILES:
+        source = REPO / name
+        if source.is_dir():
+            shutil.copytree(source, folder / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(source, folder / name)
+    params = (folder / "params.yaml").read_text()
+    params = params.replace("  rows: 284807", "  rows: 6000").replace(
+        "  fraud_rate: 0.00172", "  fraud_rate: 0.03"
+    )
+    (folder / "params.yaml").write_text(params)
+    # The demo registers into its own throwaway registry, never into a configured one.
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{folder / 'mlflow.db'}"
+    for stage in DEMO_STAGES:
+        subprocess.run(
+            [sys.executable, "-m", "pipeline.cli", stage, "--root", str(folder)],
+            check=True, stdout=subprocess.DEVNULL, cwd=folder,
+        )
+    return folder
+
+
+def records(settings: Any, count: int) -> list[dict[str, Any]]:
+    """Contract-valid records from the project's generator (frames the model did not see)."""
+    from pipeline.config import Generator
+    from pipeline.generator import generate
+
+    contract = settings.contract
+    id_column, inputs = contract.id_column, contract.model_inputs
+    data = generate(Generator(rows=count, seed=99), settings.frames.count)
+    out = []
+    for row in data[[id_column, *inputs]].to_dict("records"):
+        out.append({k: (str(v) if k == id_column else float(v)) for k, v in row.items()})
+    return out
+
+
+# ------------------------------------------------------------------ main
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--root", type=Path, help="repository with a registered model")
+    parser.add_argument("--demo", action="store_true", help="build a small throwaway model first")
+    parser.add_argument("--requests", type=int, default=3000, help="per concurrency level")
+    parser.add_argument("--warmup", type=int, default=300)
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--skip-mlflow", action="store_true")
+    parser.add_argument(
+        "--mlflow-omp1", action="store_true",
+        help="also run MLflow with OMP_NUM_THREADS=1 (our service's setting), for fairness",
+    )
+    args = parser.parse_args(argv)
+    if not args.root and not args.demo:
+        parser.error("give --root (a repository with a registered model) or --demo")
+
+    workdir = Path(tempfile.mkdtemp(prefix="crispml-bench-"))
+    root = build_demo(workdir / "repo") if args.demo else args.root.resolve()
+
+    from pipeline import registry, tracking
+    from pipeline.config import load_settings
+    from pipeline.store import ScoreStore
+
+    settings = load_settings(root)
+    client = tracking.configure(settings)
+    name, alias = settings.registration.model_name, settings.alias
+    holder = registry.alias_holder(client, name, alias)
+    if holder is None:
+        raise SystemExit(f"no version of {name} holds @{alias} in {settings.tracking_uri}")
+    version = str(holder.version)
+    data = records(settings, 2000)
+    inputs = settings.contract.model_inputs
+    ours_payloads = [json.dumps(r).encode() for r in data]
+    mlflow_payloads = [
+        json.dumps({"dataframe_records": [{k: r[k] for k in inputs}]}).encode() for r in data
+    ]
+    store_url = f"sqlite:///{workdir / 'bench-scores.db'}"
+    base_env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": settings.tracking_uri,
+        "CRISPML_STORE_URL": store_url,
+    }
+    base_env.pop("CRISPML_SCORE_REQUIRES_TOKEN", None)
+    host = "127.0.0.1"
+    result: dict[str, Any] = {
+        "model": f"models:/{name}/{version}",
+        "algorithm": holder.tags.get("algorithm"),
+        "cpus": os.cpu_count(),
+        # Other work on the machine skews both sides: say how busy it was.
+        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+        "requests_per_level": args.requests,
+        "crispml": {},
+    }
+
+    port = free_port()
+    ours = start(
+        [sys.executable, "-m", "pipeline.cli", "serve", "--root", str(root), "--port", str(port),
+         "--model-uri", f"models:/{name}/{version}"],
+        base_env, workdir / "crispml.log",
+    )
+    try:
+        wait_http(f"http://{host}:{port}/readyz", ours)
+        sent = 0
+        for level in args.concurrency:
+            result["crispml"][f"c{level}"] = run_load(
+                host, port, "/v1/score", ours_payloads, args.requests, level, args.warmup
+            )
+            sent += args.requests + args.warmup
+    finally:
+        stop(ours)
+    store = ScoreStore(store_url)
+    stored = store.count_scores(channel="api")
+    store.dispose()
+    answered = sum(
+        r["requests"] - r["non_200"] for r in result["crispml"].values()
+    ) + args.warmup * len(args.concurrency)
+    result["crispml"]["stored_scores"] = stored
+    result["crispml"]["answered_200"] = answered
+    result["crispml"]["every_answer_stored"] = stored >= answered and stored <= sent
+
+    variants = [] if args.skip_mlflow else [("mlflow", {})]
+    if args.mlflow_omp1 and not args.skip_mlflow:
+        variants.append(("mlflow_omp1", {"OMP_NUM_THREADS": "1"}))
+    for label, extra in variants:
+        port = free_port()
+        server = start(
+            [sys.executable, "-m", "mlflow", "models", "serve", "-m", f"models:/{name}/{version}",
+             "--env-manager", "local", "-h", host, "-p", str(port)],
+            {**base_env, **extra}, workdir / f"{label}.log",
+        )
+        result[label] = {}
+        try:
+            wait_http(f"http://{host}:{port}/ping", server)
+            for level in args.concurrency:
+                result[label][f"c{level}"] = run_load(
+                    host, port, "/invocations", mlflow_payloads, args.requests, level, args.warmup
+                )
+        finally:
+            stop(server)
+
+    result["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    verdict: dict[str, Any] = {}
+    for label, _extra in variants:
+        for level in args.concurrency:
+            ours = result["crispml"][f"c{level}"]["throughput_rps"]
+            theirs = result[label][f"c{level}"]["throughput_rps"]
+            verdict[f"throughput_ratio_vs_{label}_c{level}"] = round(ours / theirs, 2)
+    if verdict:
+        result["verdict"] = verdict
+    if 8 in args.concurrency:
+        result.setdefault("verdict", {})["p99_c8_below_50ms"] = (
+            result["crispml"]["c8"]["p99_ms"] < 50
+        )
+    print(json.dumps(result, indent=2))
+    shutil.rmtree(workdir, ignore_errors=True)
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,663 @@
+"""The FastAPI application: thin routes over the contract models, the batchers and the store.
+
+The write path of POST /v1/score, and why it is shaped this way:
+
+1. FastAPI validates the body against the model generated from the data contract;
+   a bad record is a 422 before anything else happens, so nothing is stored.
+2. The request takes the serving model holder once (`models.current`) and keeps it.
+3. Its rows go to the *scorer* batcher: concurrent requests share one
+   `predict_proba` call, per holder, in the scorer's own thread.
+4. Its score rows go to the *writer* batcher: concurrent requests share one
+   transaction (`ScoreStore.insert_scores`), in the writer's own thread - a group
+   commit. Scoring of the next batch overlaps with the commit of this one.
+5. Only when its commit succeeded does the request answer 200. A failed or timed-out
+   commit answers 503 for exactly the requests in it: never a 200 for an unstored score.
+
+No `from __future__ import annotations` here: FastAPI must see the real types of the
+route parameters, and some of them are built at run time from the contract.
+"""
+
+import asyncio
+import contextlib
+import hmac
+import logging
+import math
+import tempfile
+import uuid
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import numpy as np
+import pandas as pd
+from fastapi import Body, Depends, FastAPI, HTTPException, Query, Request
+from fastapi import Path as PathParam
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BeforeValidator
+from pydantic_core import PydanticCustomError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from pipeline.config import Settings
+from pipeline.errors import CrispError, ServiceUnavailable
+from pipeline.service import errors as service_errors
+from pipeline.service.batching import MicroBatcher
+from pipeline.service.config import SCORE_TOKEN_ENV, TOKEN_ENV, ServiceConfig
+from pipeline.service.contract import (
+    SCORE_ID_MAX_LENGTH,
+    FieldError,
+    Health,
+    LabelResult,
+    ModelInfo,
+    Problem,
+    QualityReport,
+    Readiness,
+    RecordSchema,
+    ReloadResult,
+    ScoreResult,
+    StoredScore,
+    ValidationProblem,
+    label_request_model,
+    record_schema,
+    score_request_type,
+)
+from pipeline.service.metrics import CONTENT_TYPE, ServiceMetrics
+from pipeline.service.middleware import BodyLimit, RequestMetrics
+from pipeline.service.model import (
+    ModelLoader,
+    ModelManager,
+    ServingModel,
+    default_model_uri,
+    parse_model_uri,
+)
+from pipeline.store import ScoreStore, new_score_id, utcnow
+
+log = logging.getLogger("pipeline.service")
+
+API_CHANNEL = "api"
+API_SOURCE = "api:/v1/score"
+
+
+@dataclass(frozen=True)
+class _ScoreJob:
+    """One request's rows for the scorer, with the model holder the request took."""
+
+    model: ServingModel
+    rows: Sequence[tuple[Any, ...]]
+
+
+def frame_of(rows: Sequence[tuple[Any, ...]], inputs: Sequence[str], numeric: bool) -> pd.DataFrame:
+    """The model's input frame. All-numeric contracts take a float64 array in one step,
+    four times faster than pandas' per-row record parsing on the single-record path."""
+    if numeric:
+        return pd.DataFrame(np.asarray(rows, dtype="float64"), columns=list(inputs))
+    return pd.DataFrame.from_records(rows, columns=list(inputs))
+
+
+def predict_jobs(
+    jobs: list[_ScoreJob], inputs: Sequence[str], numeric: bool = False
+) -> list[np.ndarray]:
+    """Score every job, one `predict_proba` per distinct holder, in job order.
+
+    Jobs that took different holders (a reload happened between them) are scored by
+    their own model: grouping is by holder identity, never by "the current one".
+    """
+    groups: dict[int, list[int]] = {}
+    for index, job in enumerate(jobs):
+        groups.setdefault(id(job.model), []).append(index)
+    out: list[np.ndarray] = [np.empty(0)] * len(jobs)
+    for indices in groups.values():
+        model = jobs[indices[0]].model
+        rows = [row for i in indices for row in jobs[i].rows]
+        scores = model.predict(frame_of(rows, inputs, numeric))
+        if not np.isfinite(scores).all() or len(scores) != len(rows):
+            raise ValueError(f"model version {model.version} returned non-finite scores")
+        start = 0
+        for i in indices:
+            out[i] = scores[start : start + len(jobs[i].rows)]
+            start += len(jobs[i].rows)
+    return out
+
+
+def _pseudonymiser(settings: Settings) -> Callable[[Sequence[str]], list[str]]:
+    """Record ids as the store holds them: keyed exactly as `prepare` keys batch ids."""
+    privacy = settings.environment.privacy
+    if not privacy.pseudonymise_ids:
+        return list
+    from pipeline.privacy import pseudonymisation_key, pseudonymise
+
+    key = pseudonymisation_key(privacy)  # fails at start-up, not at the first request
+    return lambda ids: pseudonymise(pd.Series(list(ids), dtype=object), key).tolist()
+
+
+def _iso_datetime(value: Any) -> datetime:
+    """Only ISO 8601 text: pydantic would also read 0.5 as a Unix time, which nobody means."""
+    if isinstance(value, str):
+        try:
+            return datetime.fromisoformat(value)
+        except ValueError:
+            pass
+    raise PydanticCustomError(
+        "iso_datetime", "Input should be an ISO 8601 date-time such as 2026-11-22T08:00:00Z"
+    )
+
+
+IsoDatetime = Annotated[datetime, BeforeValidator(_iso_datetime)]
+
+
+def _utc(value: datetime | None, name: str) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    except (OverflowError, ValueError):
+        raise _field_error(422, name, "datetime_range", "is outside the representable range",
+                           value.isoformat()) from None
+
+
+def _field_error(status: int, field: str, rule: str, msg: str, value: Any = None) -> HTTPException:
+    entry = FieldError(loc=[field], field=field, rule=rule, msg=msg, value=value).model_dump()
+    return HTTPException(status, detail=[entry])
+
+
+class ServiceState:
+    """Everything one running service holds, created once per app."""
+
+    def __init__(self, settings: Settings, config: ServiceConfig, model_uri: str | None) -> None:
+        self.settings = settings
+        self.config = config
+        self.environment = settings.env
+        self.schema: RecordSchema = record_schema(settings.contract)
+        self.metrics = ServiceMetrics()
+        self.store = ScoreStore(settings.store_url)
+        self.pseudonymise = _pseudonymiser(settings)
+        ref = parse_model_uri(
+            model_uri or default_model_uri(settings), settings.root,
+            settings.registration.model_name,
+        )
+        self.models = ModelManager(
+            ModelLoader(settings, ref, warm_up=self._warm_up),
+            on_change=self._model_changed,
+            on_failure=lambda _error: self.metrics.reloads.labels("failed").inc(),
+        )
+        self.scorer: MicroBatcher[_ScoreJob, np.ndarray] = MicroBatcher(
+            self._predict, name="scorer", max_size=config.predict_max_rows,
+            size_of=lambda job: len(job.rows),
+        )
+        self.writer: MicroBatcher[list[dict[str, Any]], int] = MicroBatcher(
+            self._commit, name="group-commit", max_size=config.commit_max_rows,
+            max_wait=config.commit_wait_ms / 1000.0, size_of=len,
+        )
+        self.report_lock = asyncio.Semaphore(1)
+        self.prepared = False
+
+    # -- set-up ------------------------------------------------------------------------
+
+    def prepare(self) -> None:
+        """Blocking start-up work: migrate the store, load the first model.
+
+        A pinned version or a local folder that cannot load is fatal (a typo will not fix
+        itself). An alias held by nobody, or a registry that is down, is not: the service
+        starts unready and the poller keeps trying, as Kubernetes expects.
+        """
+        self.store.migrate()
+        loader = self.models.loader
+        try:
+            version = loader.resolve()
+            if version is None:
+                raise ServiceUnavailable(
+                    f"no version of model {loader.ref.name!r} holds alias @{loader.ref.alias}"
+                )
+            model = loader.load(version)
+        except Exception as error:
+            if not loader.ref.movable:
+                raise
+            self.models.last_error = str(error)
+            log.error("starting without a model (not ready): %s", error)
+        else:
+            self.models.current = model
+            self._model_changed(model)
+        self.prepared = True
+
+    def _warm_up(self, model: ServingModel) -> None:
+        """Score the contract's example once: loads lazy code paths, and proves the model
+        accepts the contract's inputs before it is allowed to serve."""
+        example = self.schema.example
+        inputs = list(self.schema.inputs)
+        frame = pd.DataFrame([[example[c] for c in inputs]], columns=inputs)
+        scores = model.predict(frame)
+        if scores.shape != (1,) or not math.isfinite(float(scores[0])):
+            raise ValueError(f"model version {model.version} failed its warm-up prediction")
+
+    def _model_changed(self, model: ServingModel) -> None:
+        self.metrics.model.info({k: str(v) for k, v in model.info().items()})
+        self.metrics.reloads.labels("swapped").inc()
+
+    # -- the two batched calls (run in their own threads) --------------------------------
+
+    def _predict(self, jobs: list[_ScoreJob]) -> list[np.ndarray]:
+        self.metrics.predict_rows.observe(sum(len(j.rows) for j in jobs))
+        return predict_jobs(jobs, self.schema.inputs, self.schema.numeric)
+
+    def _commit(self, batches: list[list[dict[str, Any]]]) -> list[int]:
+        """One transaction for every request in the batch: all are stored, or none is."""
+        rows = [row for batch in batches for row in batch]
+        with self.metrics.commit_seconds.time():
+            try:
+                self.store.insert_scores(rows)
+            except Exception:
+                self.metrics.store_failures.inc()
+                raise
+        self.metrics.commit_rows.observe(len(rows))
+        self.metrics.stored.inc(len(rows))
+        return [len(batch) for batch in batches]
+
+    # -- lifespan ----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if not self.prepared:
+            await asyncio.to_thread(self.prepare)
+        await self.scorer.start()
+        await self.writer.start()
+        self.models.start_polling(self.config.reload_interval)
+
+    async def stop(self) -> None:
+        await self.models.stop()
+        await self.scorer.stop()
+        await self.writer.stop()
+        self.store.dispose()
+
+
+def create_app(
+    settings: Settings, config: ServiceConfig | None = None, model_uri: str | None = None
+) -> FastAPI:
+    """Build the app for one environment. Nothing blocking happens until its lifespan starts
+    (or `app.state.service.prepare()` is called, as `crispml serve` does first)."""
+    config = config or ServiceConfig.from_env()
+    state = ServiceState(settings, config, model_uri)
+    schema = state.schema
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        await state.start()
+        try:
+            yield
+        finally:
+            await state.stop()
+
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        app_version = version("crispml")
+    except PackageNotFoundError:  # pragma: no cover - running from a plain checkout
+        app_version = "0"
+    app = FastAPI(
+        title="CrispML scoring service",
+        version=app_version,
+        description=(
+            f"Online scoring for environment **{settings.env}**. Every answered score is "
+            "stored, with its lineage, before the answer is sent. Records follow the data "
+            "contract of params.yaml; write endpoints need a bearer token."
+        ),
+        lifespan=lifespan,
+    )
+    app.state.service = state
+
+    # ------------------------------------------------------------------ security
+
+    bearer = HTTPBearer(auto_error=False, description=f"The token in {TOKEN_ENV}.")
+
+    def require_token(
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+    ) -> None:
+        if config.api_token is None:
+            raise HTTPException(
+                503, f"this endpoint is disabled: the server has no token ({TOKEN_ENV} is unset)"
+            )
+        given = credentials.credentials if credentials is not None else ""
+        if not hmac.compare_digest(given.encode(), config.api_token.encode()):
+            raise HTTPException(
+                401, "a valid bearer token is required", headers={"WWW-Authenticate": "Bearer"}
+            )
+
+    protected = [Depends(require_token)]
+    responses_401: dict[int | str, dict[str, Any]] = {
+        401: {"model": Problem, "description": "Missing or wrong bearer token."},
+        503: {"model": Problem, "description": "No token configured, or a dependency is down."},
+    }
+    invalid: dict[int | str, dict[str, Any]] = {
+        413: {"model": Problem, "description": "Request body above the size limit."},
+        422: {"model": ValidationProblem, "description": "A field breaks a rule of the contract."},
+    }
+
+    # ------------------------------------------------------------------ errors
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        entries = service_errors.field_errors(exc.errors())
+        return JSONResponse(
+            {"error": service_errors.summary(entries), "detail": entries}, status_code=422
+        )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400 and exc.__cause__ is not None:
+            # FastAPI's "error parsing the body" (e.g. bytes that are not UTF-8): for a JSON
+            # API that is malformed JSON, answered like any other malformed JSON.
+            entry = {"loc": ["body"], "field": "body", "rule": "json_invalid",
+                     "msg": f"the body is not valid JSON: {type(exc.__cause__).__name__}",
+                     "value": None}
+            return JSONResponse(
+                {"error": service_errors.summary([entry]), "detail": [entry]}, status_code=422
+            )
+        if isinstance(exc.detail, list):  # field errors raised by a route (e.g. labels)
+            return JSONResponse(
+                {"error": service_errors.summary(exc.detail), "detail": exc.detail},
+                status_code=exc.status_code, headers=exc.headers,
+            )
+        return JSONResponse(
+            {"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers
+        )
+
+    @app.exception_handler(CrispError)
+    async def _crisp(_request: Request, exc: CrispError) -> JSONResponse:
+        status = 503 if isinstance(exc, ServiceUnavailable) else 500
+        log.warning("request failed: %s", exc)
+        return JSONResponse({"detail": str(exc) if status == 503 else "internal error"}, status)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
+        # The trace goes to the log under an id; the client gets the id, never the trace.
+        error_id = uuid.uuid4().hex[:12]
+        log.error("unexpected error %s", error_id, exc_info=exc)
+        return JSONResponse({"detail": f"internal error (id {error_id})"}, status_code=500)
+
+    # ------------------------------------------------------------------ scoring
+
+    score_body = score_request_type(schema, config.max_batch)
+    score_dependencies = protected if config.score_requires_token else []
+    score_responses: dict[int | str, dict[str, Any]] = {
+        **invalid,
+        503: {"model": Problem, "description": "No model loaded, or the store did not confirm "
+              "the write: nothing was answered, retry."},
+    }
+    if config.score_requires_token:
+        score_responses[401] = responses_401[401]
+
+    @app.post(
+        "/v1/score",
+        response_model=ScoreResult | list[ScoreResult],
+        dependencies=score_dependencies,
+        responses=score_responses,
+        tags=["scoring"],
+        summary="Score one record or a batch; every score is stored before the answer",
+    )
+    async def score(
+        body: Annotated[
+            score_body,  # type: ignore[valid-type]
+            Body(description=f"One record, or a JSON array of 1 to {config.max_batch} records."),
+        ],
+    ) -> Any:
+        """Send a record (object) to get one result, or an array to get an array back.
+
+        The answer is sent only after the score is committed to the score store. 503 means
+        nothing was answered and the request may be retried.
+        """
+        model = state.models.current  # taken once: this request's version, whatever happens
+        if model is None:
+            raise HTTPException(503, f"no model is loaded: {state.models.last_error}")
+        records = body if isinstance(body, list) else [body]
+        pairs = [schema.values(record) for record in records]
+        record_ids = [record_id for record_id, _ in pairs]
+        scores = await state.scorer.submit(_ScoreJob(model, [values for _, values in pairs]))
+        stored_ids = state.pseudonymise(record_ids)
+        now = utcnow()
+        rows: list[dict[str, Any]] = []
+        results: list[dict[str, Any]] = []
+        threshold = model.threshold
+        answers = zip(record_ids, stored_ids, scores.tolist(), strict=True)
+        for record_id, stored_id, value in answers:
+            score_id = new_score_id()
+            decision = int(value >= threshold)
+            rows.append({
+                "score_id": score_id, "record_id": stored_id, "frame": None, "score": value,
+                "decision": decision, "threshold": threshold, "model_name": model.name,
+                "model_version": model.version, "run_id": model.run_id,
+                "git_commit": model.git_commit, "environment": state.environment,
+                "channel": API_CHANNEL, "source": API_SOURCE, "scored_at": now,
+            })
+            results.append({
+                "score_id": score_id, "record_id": record_id, "score": value,
+                "decision": decision, "threshold": threshold, "model_name": model.name,
+                "model_version": model.version,
+            })
+        try:
+            await asyncio.wait_for(state.writer.submit(rows), config.store_timeout)
+        except Exception as error:
+            log.warning("score not stored, answering 503: %s", error or type(error).__name__)
+            raise HTTPException(
+                503, "the score store did not confirm the write, so no score is answered; retry"
+            ) from None
+        histogram = state.metrics.scores.labels(model.version)
+        flagged = 0
+        for result in results:
+            histogram.observe(result["score"])
+            flagged += result["decision"]
+        state.metrics.decisions.labels(model.version, "1").inc(flagged)
+        state.metrics.decisions.labels(model.version, "0").inc(len(results) - flagged)
+        return results if isinstance(body, list) else results[0]
+
+    # ------------------------------------------------------------------ labels
+
+    label_request = label_request_model(settings.contract, config.max_labels)
+
+    @app.post(
+        "/v1/labels",
+        response_model=LabelResult,
+        dependencies=protected,
+        responses={
+            **invalid, **responses_401,
+            404: {"model": ValidationProblem,
+                  "description": "A score_id names no stored score of this environment; "
+                                 "nothing was stored."},
+        },
+        tags=["ground truth"],
+        summary="Ground truth for stored scores (by score id or record id); idempotent",
+    )
+    async def labels(body: label_request) -> LabelResult:  # type: ignore[valid-type]
+        """Upsert labels: sending the same labels again changes nothing, a new label for
+        the same record replaces the old one. One unknown score id rejects the whole
+        request (404), so a batch of labels is stored entirely or not at all."""
+        items = body.labels
+        score_ids = [getattr(item, "score_id", None) for item in items]
+        wanted = [score_id for score_id in score_ids if score_id is not None]
+        known = await asyncio.to_thread(state.store.record_ids_for_scores, wanted) if wanted else {}
+        by_record_ids = state.pseudonymise(
+            [item.record_id for item, score_id in zip(items, score_ids, strict=True)
+             if score_id is None]
+        )
+        problems: list[dict[str, Any]] = []
+        rows: dict[str, dict[str, Any]] = {}
+        now = utcnow()
+        source = API_CHANNEL if body.source == API_CHANNEL else f"{API_CHANNEL}:{body.source}"
+        next_record = iter(by_record_ids)
+        for index, (item, score_id) in enumerate(zip(items, score_ids, strict=True)):
+            if score_id is not None:
+                found = known.get(score_id)
+                where = {"loc": ["body", "labels", index, "score_id"],
+                         "field": f"labels[{index}].score_id", "value": score_id}
+                if found is None:
+                    problems.append(FieldError(
+                        rule="unknown_score_id", msg="no stored score has this id", **where,
+                    ).model_dump())
+                    continue
+                if found[0] != state.environment:
+                    problems.append(FieldError(
+                        rule="other_environment",
+                        msg=f"the score belongs to environment {found[0]!r}, not "
+                            f"{state.environment!r}", **where,
+                    ).model_dump())
+                    continue
+                record_id = found[1]
+            else:
+                record_id = next(next_record)
+            # The newest word on a record wins, also within one request.
+            rows[record_id] = {"environment": state.environment, "record_id": record_id,
+                               "label": item.label, "source": source, "labeled_at": now}
+        if problems:
+            # 404: the request is well-formed, but names scores this service does not hold.
+            raise HTTPException(404, detail=problems)
+        stored = await asyncio.to_thread(state.store.upsert_labels, list(rows.values()))
+        return LabelResult(stored=stored, environment=state.environment,
+                           by_score_id=len(wanted), by_record_id=len(by_record_ids))
+
+    # ------------------------------------------------------------------ audit and verification
+
+    @app.get(
+        "/v1/scores/{score_id}",
+        response_model=StoredScore,
+        responses={
+            404: {"model": Problem, "description": "No stored score has this id."},
+            422: invalid[422],
+        },
+        tags=["audit"],
+        summary="A stored score with its lineage and, once known, its label",
+    )
+    async def get_score(
+        score_id: Annotated[str, PathParam(min_length=1, max_length=SCORE_ID_MAX_LENGTH)],
+    ) -> Any:
+        row = await asyncio.to_thread(state.store.get_score, score_id)
+        if row is None:
+            raise HTTPException(404, f"no stored score has id {score_id!r}")
+        return row
+
+    @app.get(
+        "/v1/report",
+        response_model=QualityReport,
+        responses={
+            200: {"content": {"text/html": {}}, "description": "JSON, or HTML with format=html."},
+            404: {"model": Problem, "description": "format=html, and no labelled scores in "
+                  "the window or Evidently could not build a report from them."},
+            422: {"model": ValidationProblem, "description": "Bad window or format."},
+        },
+        tags=["audit"],
+        summary="Realised quality of the stored scores against their labels",
+    )
+    async def report(
+        scored_from: Annotated[
+            IsoDatetime | None, Query(alias="from", description="Scored at or after (ISO 8601).")
+        ] = None,
+        scored_to: Annotated[
+            IsoDatetime | None, Query(alias="to", description="Scored before (ISO 8601).")
+        ] = None,
+        output: Annotated[Literal["json", "html"], Query(alias="format")] = "json",
+    ) -> Any:
+        """Verification of the stored scores in a window (default: all) against the labels
+        imported so far. `format=html` returns Evidently's report for people."""
+        start, end = _utc(scored_from, "from"), _utc(scored_to, "to")
+        if start is not None and end is not None and start >= end:
+            raise _field_error(422, "to", "after_from", "must be later than 'from'",
+                               end.isoformat())
+        async with state.report_lock:  # Evidently is CPU-heavy: one report at a time
+            return await asyncio.to_thread(_build_report, state, start, end, output)
+
+    # ------------------------------------------------------------------ operations
+
+    @app.post(
+        "/v1/admin/reload",
+        response_model=ReloadResult,
+        dependencies=protected,
+        responses=responses_401,
+        tags=["operations"],
+        summary="Re-read the model reference now (instead of waiting for the next poll)",
+    )
+    async def reload() -> ReloadResult:
+        try:
+            outcome = await state.models.refresh()
+        except Exception as error:
+            current = state.models.current
+            still = f"; still serving version {current.version}" if current else ""
+            raise HTTPException(503, f"reload failed: {error}{still}") from None
+        return ReloadResult(
+            changed=outcome.changed,
+            previous_version=outcome.previous_version,
+            model=None if outcome.current is None else ModelInfo(**outcome.current.info()),
+        )
+
+    @app.get("/healthz", response_model=Health, tags=["operations"], summary="Alive")
+    async def healthz() -> Health:
+        return Health(status="ok")
+
+    @app.get(
+        "/readyz",
+        response_model=Readiness,
+        responses={503: {"model": Readiness, "description": "Not ready; reasons say why."}},
+        tags=["operations"],
+        summary="Ready: a model is loaded and the score store answers",
+    )
+    async def readyz() -> JSONResponse:
+        reasons = []
+        model = state.models.current
+        if model is None:
+            reasons.append(f"no model loaded: {state.models.last_error}")
+        try:
+            reachable = await asyncio.wait_for(asyncio.to_thread(state.store.ping), 5.0)
+        except TimeoutError:
+            reachable = False
+        if not reachable:
+            reasons.append(f"score store {state.store.safe_url} does not answer")
+        if not (state.scorer.running and state.writer.running):
+            reasons.append("the scoring or write path is stopped")
+        body = Readiness(
+            status="not ready" if reasons else "ready", reasons=reasons,
+            model=None if model is None else ModelInfo(**model.info()),
+        )
+        return JSONResponse(body.model_dump(mode="json"), status_code=503 if reasons else 200)
+
+    @app.get(
+        "/metrics",
+        response_class=Response,
+        responses={200: {"content": {CONTENT_TYPE: {}}, "description": "Prometheus text format."}},
+        tags=["operations"],
+        summary="Prometheus metrics",
+    )
+    async def metrics() -> Response:
+        return Response(state.metrics.render(), media_type=CONTENT_TYPE)
+
+    app.add_middleware(BodyLimit, max_bytes=config.max_body_bytes)
+    app.add_middleware(RequestMetrics, metrics=state.metrics)
+    if config.api_token is None:
+        log.warning("%s is unset: labels and admin endpoints answer 503", TOKEN_ENV)
+    if config.score_requires_token:
+        log.info("%s is on: scoring needs the bearer token", SCORE_TOKEN_ENV)
+    return app
+
+
+def _build_report(
+    state: ServiceState, start: datetime | None, end: datetime | None, output: str
+) -> Any:
+    """Blocking: read the window's scores and labels, summarise with Evidently."""
+    frame = state.store.scores_with_labels(
+        state.environment, scored_from=start, scored_to=end, labeled_only=False
+    )
+    labelled = frame[frame["label"].notna()]
+    base = {"environment": state.environment, "scored_from": start, "scored_to": end,
+            "scores": len(frame), "rows": len(labelled)}
+    if labelled.empty:
+        if output == "html":
+            raise HTTPException(404, "no labelled scores in this window: nothing to report")
+        return QualityReport(**base, reason="no labelled scores in this window")
+    from pipeline.drift_and_quality import quality_summary
+
+    with tempfile.TemporaryDirectory(prefix="crispml-report-") as folder:
+        path = Path(folder) / "quality.html"
+        summary = quality_summary(labelled, path if output == "html" else None)
+        if output == "html":
+            if summary.get("html") is None:  # Evidently could not build it (e.g. one class)
+                raise HTTPException(404, f"no HTML report for this window: {summary.get('reason')}")
+            return HTMLResponse(path.read_text(encoding="utf-8"))
+    fields = set(QualityReport.model_fields) - set(base)
+    return QualityReport(**base, **{k: v for k, v in summary.items() if k in fields})
