@@ -105,6 +105,7 @@ def run(settings, frame: int) -> dict:
         )
     finally:
         store.dispose()
-    summary = {"frame": frame, "source": origin, **stats}
+    # Timestamped for the same reason as score's receipt: verify must follow a re-import.
+    summary = {"frame": frame, "source": origin, "labeled_at": now.isoformat(), **stats}
     write_json(layout.frame_file(layout.reports / "labels", frame, ".json"), summary)
     return summary

@@ -119,6 +119,10 @@ def run(settings, frame: int) -> dict:
         "flag_rate": float(receipt["decision"].mean()) if len(receipt) else 0.0,
         "mean_score": float(np.mean(receipt["score"])) if len(receipt) else 0.0,
         "model_version": version,
+        # When this receipt was written. The store is state DVC cannot see: identical
+        # scores would give an identical receipt, and label (which depends on this
+        # file) would be skipped even when this run's store has never seen a label.
+        "scored_at": utcnow().isoformat(),
     }
     write_json(layout.frame_file(layout.reports / "score", frame, ".json"), summary)
     return summary

@@ -105,6 +105,38 @@ def test_the_registry_alias_names_environment_and_commit(reproduced: Path) -> No
     assert any(key.startswith("dvc.data/") for key in run_data.tags)
 
 
+def test_a_fresh_clone_with_committed_receipts_fills_its_own_store(reproduced: Path) -> None:
+    """Committed receipts must not stand in for a store that has never seen a row.
+
+    A fresh clone keeps what git tracks (dvc.lock, the uncached receipts) and lacks the
+    rest: the DVC outputs, the MLflow database and the score store.
+    """
+    import shutil
+
+    for path in (
+        "data/ingested",
+        "data/prepared",
+        "data/curated",
+        "data/models",
+        "data/scored",
+        "data/store",
+        "mlflow.db",
+        "mlartifacts",
+        ".dvc/cache",
+    ):
+        target = reproduced / path
+        shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
+    run(["dvc", "repro"], reproduced)
+    store = _store(reproduced)
+    try:
+        labelled = store.scores_with_labels("dev", labeled_only=True)
+        assert len(labelled) == store.count_scores(environment="dev") > 0
+    finally:
+        store.dispose()
+    verify = json.loads((reproduced / "reports" / "verify.json").read_text())
+    assert verify["overall"]["labeled_rows"] == len(labelled)
+
+
 def test_second_repro_is_a_no_op_and_plots_render(reproduced: Path) -> None:
     result = run(["dvc", "repro"], reproduced)
     assert "Running stage" not in result.stdout
