@@ -7,6 +7,11 @@ A second `dvc repro` right after measures the no-op check.
 
     python bench/pipeline.py                      # hist_gradient_boosting and random_forest
     python bench/pipeline.py --algorithm random_forest --rows 284807
+    python bench/pipeline.py --data real          # the real fraud data (environment `real`)
+    python bench/pipeline.py --data both          # the generator, then the real data
+
+The real data is ../shared/data/creditcard.parquet, read through the shipped
+`environments/real` overlay (`crispml env use real`): params only, as a user would.
 
 Prints one JSON document on stdout; progress goes to stderr.
 """
@@ -43,9 +48,13 @@ def _set_param(text: str, key: str, value: str) -> str:
     return new
 
 
-def bench(algorithm: str, rows: int | None) -> dict:
+def bench(algorithm: str, rows: int | None, data: str = "generator") -> dict:
     with tempfile.TemporaryDirectory(prefix=f"crispml-bench-{algorithm}-") as tmp:
-        work = Path(tmp)
+        work = Path(tmp) / "project"
+        work.mkdir()
+        if data == "real":
+            # The overlay reads ../shared/data/creditcard.parquet, relative to the project.
+            (Path(tmp) / "shared").symlink_to(ROOT.parent / "shared")
         for name in COPY:
             source = ROOT / name
             target = work / name
@@ -66,6 +75,8 @@ def bench(algorithm: str, rows: int | None) -> dict:
         env["CRISPML_GIT_COMMIT"] = "bench"
         for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"]):
             _run(cmd, work, env)
+        if data == "real":
+            _run(["crispml", "env", "use", "real"], work, env)
         end_to_end = _run(["dvc", "repro"], work, env)
         noop = _run(["dvc", "repro"], work, env)
         stages = {}
@@ -79,6 +90,7 @@ def bench(algorithm: str, rows: int | None) -> dict:
         metrics = json.loads((work / "reports" / "metrics.json").read_text())
         peak = max(s["peak_memory_mb"] for s in stages.values())
         return {
+            "data": data,
             "algorithm": algorithm,
             "rows": json.loads((work / "reports" / "ingest.json").read_text())["rows"],
             "end_to_end_seconds": round(end_to_end, 1),
@@ -106,8 +118,19 @@ def main() -> None:
     parser.add_argument(
         "--rows", type=int, default=None, help="generator rows (default: params.yaml)"
     )
+    parser.add_argument(
+        "--data",
+        choices=["generator", "real", "both"],
+        default="generator",
+        help="the built-in generator (default), the real fraud data, or both",
+    )
     args = parser.parse_args()
-    results = [bench(a, args.rows) for a in args.algorithm or list(TARGETS)]
+    datasets = ["generator", "real"] if args.data == "both" else [args.data]
+    results = [
+        bench(a, args.rows if d == "generator" else None, d)
+        for d in datasets
+        for a in args.algorithm or list(TARGETS)
+    ]
     print(json.dumps({"machine": {"cpus": os.cpu_count()}, "runs": results}, indent=2))
 
 

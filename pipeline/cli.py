@@ -81,6 +81,15 @@ def cli(verbose: bool) -> None:
 
 
 @cli.command()
+@stage("source")
+def source(settings) -> dict:
+    """Fingerprint the data behind the source, so DVC re-runs ingest exactly when it changed."""
+    from pipeline import sources as step
+
+    return step.run(settings)
+
+
+@cli.command()
 @stage("ingest")
 def ingest(settings) -> dict:
     """Read the source, check the data contract, cut time frames, sample (data understanding)."""
@@ -264,7 +273,7 @@ def reports(root: Path | None) -> None:
     layout = Layout(settings.root)
     entries = [
         ("metrics (test frame)", layout.metrics),
-        ("metrics per Amount band", layout.slices),
+        ("metrics per slice", layout.slices),
         ("quality gate", layout.gate),
         ("registered model", layout.registered),
         ("privacy report", layout.privacy_report),
@@ -318,6 +327,11 @@ def serve(root: Path | None, host: str, port: int, model_uri: str | None) -> Non
 from pipeline.gitops import add_commands  # noqa: E402
 
 add_commands(cli)
+
+# `contract infer` (pipeline/contract_inference.py): draft the contract of a table.
+from pipeline.contract_inference import add_commands as add_contract_commands  # noqa: E402
+
+add_contract_commands(cli)
 
 
 def main() -> None:

@@ -1,17 +1,21 @@
-"""Curate (CRISP-DM: data preparation, algorithm-specific): split by frame, fit the features.
+"""Curate (CRISP-DM: data preparation, algorithm-specific): split by frame, plan the features.
 
 Splitting by frame rather than at random keeps the test frame strictly later than the
 training frames, as production will be: a random split would leak the future.
+
+The feature plan (which input is a number, a category, a log or a clock, and which
+categories training saw) is written as JSON. Train fits the encoders from it inside
+the model, so no pickled code passes between stages.
 """
 
 from __future__ import annotations
 
 import pandas as pd
 
-from pipeline.config import Settings
+from pipeline.config import FRAME, Settings
 from pipeline.contract import check_two_classes
-from pipeline.features import TransactionFeatures
-from pipeline.ingest import FRAME
+from pipeline.errors import DataError
+from pipeline.features import FeaturePlan, plan_features
 
 SPLITS = ("train", "valid", "test")
 
@@ -26,8 +30,6 @@ def split_by_frame(data: pd.DataFrame, settings: Settings) -> dict[str, pd.DataF
     for name, part in parts.items():
         frames = getattr(split, name)
         if part.empty:
-            from pipeline.errors import DataError
-
             raise DataError(
                 FRAME, f"curate.split.{name} has rows", frames, "no rows in those frames"
             )
@@ -35,25 +37,14 @@ def split_by_frame(data: pd.DataFrame, settings: Settings) -> dict[str, pd.DataF
     return parts
 
 
-def fit_features(train: pd.DataFrame, settings: Settings) -> TransactionFeatures:
-    options = settings.curate.features
-    contract = settings.contract
-    log_amount = options.log_amount if options.log_amount in contract.features else None
-    transformer = TransactionFeatures(
-        time_column=contract.time_column,
-        feature_columns=tuple(contract.features),
-        log_amount=log_amount,
-        time_of_day=options.time_of_day,
-        scale=options.scale,
-    )
-    return transformer.fit(train[contract.model_inputs])
+def curate(data: pd.DataFrame, settings: Settings) -> tuple[dict[str, pd.DataFrame], FeaturePlan]:
+    parts = split_by_frame(data, settings)
+    return parts, plan_features(settings, parts["train"])
 
 
 def run(settings: Settings) -> dict:
-    """Entry point: prepared training frames -> data/curated/{train,valid,test}, features."""
-    import pickle
-
-    from pipeline.io import atomic_dir, atomic_path
+    """Entry point: prepared training frames -> data/curated/{train,valid,test}, feature plan."""
+    from pipeline.io import atomic_dir, write_json
     from pipeline.layout import Layout
 
     layout = Layout(settings.root)
@@ -61,13 +52,11 @@ def run(settings: Settings) -> dict:
         [pd.read_parquet(layout.frame_file(layout.prepared, n)) for n in settings.frames.train],
         ignore_index=True,
     )
-    parts = split_by_frame(data, settings)
-    features = fit_features(parts["train"], settings)
+    parts, plan = curate(data, settings)
     with atomic_dir(layout.curated) as tmp:
         for name, part in parts.items():
             part.to_parquet(tmp / f"{name}.parquet", index=False)
-    with atomic_path(layout.features) as tmp, open(tmp, "wb") as handle:
-        pickle.dump(features, handle, protocol=pickle.HIGHEST_PROTOCOL)
+    write_json(layout.features, plan.as_dict())
     return {
         name: {"rows": len(p), "positives": int(p[settings.contract.target].sum())}
         for name, p in parts.items()

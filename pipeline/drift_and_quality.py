@@ -49,6 +49,7 @@ def drift_summary(
     max_rows: int = 10_000,
     seed: int = 0,
     column_threshold: float | None = None,
+    categorical: list[str] | tuple[str, ...] = (),
 ) -> dict:
     """Summarise per-column distribution drift of ``current`` against ``reference``.
 
@@ -71,6 +72,9 @@ def drift_summary(
     test status), not a re-derivation from score and threshold, because whether a
     low or a high score means drift depends on the test.
 
+    ``categorical`` names the members of ``columns`` that are categories (Evidently
+    then compares value frequencies); every other column must be numeric.
+
     Raises ``ValueError`` on empty frames, an empty or duplicated column list, or
     missing or non-numeric columns.
     """
@@ -90,19 +94,25 @@ def drift_summary(
         not_numeric = [
             c
             for c in columns
-            if not pd.api.types.is_numeric_dtype(frame[c]) or pd.api.types.is_bool_dtype(frame[c])
+            if c not in categorical
+            and (
+                not pd.api.types.is_numeric_dtype(frame[c]) or pd.api.types.is_bool_dtype(frame[c])
+            )
         ]
         if not_numeric:
             raise ValueError(f"drift_summary: {name} columns {not_numeric} are not numeric")
 
     rng = np.random.default_rng(seed)
-    ref = _sample(reference, columns, max_rows, rng)
-    cur = _sample(current, columns, max_rows, rng)
+    ref = _sample(reference, columns, max_rows, rng, categorical)
+    cur = _sample(current, columns, max_rows, rng, categorical)
 
     from evidently import DataDefinition, Dataset, Report
     from evidently.presets import DataDriftPreset
 
-    definition = DataDefinition(numerical_columns=columns)
+    definition = DataDefinition(
+        numerical_columns=[c for c in columns if c not in categorical],
+        categorical_columns=[c for c in columns if c in categorical],
+    )
     # include_tests=True is what exposes Evidently's per-column drift verdict.
     report = Report(
         [DataDriftPreset(columns=columns, threshold=column_threshold)],
@@ -323,14 +333,22 @@ def _clean_scored(
 
 
 def _sample(
-    frame: pd.DataFrame, columns: list[str], max_rows: int, rng: np.random.Generator
+    frame: pd.DataFrame,
+    columns: list[str],
+    max_rows: int,
+    rng: np.random.Generator,
+    categorical: list[str] | tuple[str, ...] = (),
 ) -> pd.DataFrame:
-    """Copy ``columns`` as float64, sampled to ``max_rows`` keeping original order."""
+    """Copy ``columns`` (numbers as float64, categories as text), sampled to ``max_rows``.
+
+    The original row order is kept.
+    """
     sub = frame[columns]
     if len(sub) > max_rows:
         positions = np.sort(rng.choice(len(sub), size=max_rows, replace=False))
         sub = sub.iloc[positions]
-    return sub.astype("float64").reset_index(drop=True)
+    types = {c: "object" if c in categorical else "float64" for c in columns}
+    return sub.astype(types).reset_index(drop=True)
 
 
 def _num(value: Any) -> float | None:

@@ -1,8 +1,10 @@
 """Ingest (CRISP-DM: data understanding): source -> validated, framed, sampled Parquet.
 
 The contract is checked before anything is written, so a bad source leaves the
-previous outputs untouched. Sampling is stratified on (frame, target) because a
-plain random sample of a 0.17 % class can lose every positive of a frame.
+previous outputs untouched. Records without a declared id get one derived from their
+content here, on the whole source, so ids do not depend on sampling. Sampling is
+stratified on (frame, target) because a plain random sample of a 0.17 % class can
+lose every positive of a frame.
 """
 
 from __future__ import annotations
@@ -10,18 +12,54 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from pipeline.config import Settings
-from pipeline.contract import validate
+from pipeline.config import FRAME, Contract, Frames, Settings
+from pipeline.contract import Locate, derive_record_ids, row_locator, validate
+from pipeline.errors import DataError
 
-FRAME = "frame"
+__all__ = ["FRAME", "assign_frames", "ingest", "run", "stratified_sample"]
+
+_PERIOD_CODES = {"day": "D", "week": "W", "month": "M"}
 
 
-def assign_frames(frame: pd.DataFrame, time_column: str, count: int) -> pd.Series:
-    """Equal-width time windows between the first and the last timestamp, numbered from 1."""
-    time = frame[time_column].astype("float64")
-    start, end = float(time.min()), float(time.max())
+def _equal_count(order: np.ndarray, count: int) -> np.ndarray:
+    """Frame numbers for rows taken in `order`: `count` windows of (nearly) equal size."""
+    frames = np.empty(len(order), dtype="int64")
+    frames[order] = np.arange(len(order)) * count // max(len(order), 1) + 1
+    return frames
+
+
+def assign_frames(frame: pd.DataFrame, time_column: str | None, options: Frames) -> pd.Series:
+    """Frame number (from 1) of every row, the way `frames.by` says.
+
+    With no time column the source's row order is its arrival order, so frames are
+    equal-count windows of that order: the first rows train, the last rows are scored.
+    """
+    count = options.count
+    if time_column is None:
+        return pd.Series(_equal_count(np.arange(len(frame)), count), index=frame.index, name=FRAME)
+    time = frame[time_column]
+    if options.by == "period":
+        periods = time.dt.to_period(_PERIOD_CODES[options.period or "day"])
+        ordinals = periods.array.asi8
+        frames = ordinals - ordinals.min() + 1
+        if frames.max() > count:
+            first, last = periods.min(), periods.max()
+            raise DataError(
+                time_column,
+                f"frames.count {count} {options.period}s",
+                f"{int(frames.max())} {options.period}s from {first} to {last}",
+                "raise frames.count or choose a longer frames.period",
+            )
+        return pd.Series(frames, index=frame.index, name=FRAME)
+    numeric = (
+        time.astype("int64").astype("float64") if time.dtype.kind == "M" else time.astype("float64")
+    )
+    if options.by == "count":
+        order = np.argsort(numeric.to_numpy(), kind="stable")
+        return pd.Series(_equal_count(order, count), index=frame.index, name=FRAME)
+    start, end = float(numeric.min()), float(numeric.max())
     width = (end - start) / count if end > start else 1.0
-    frames = np.floor((time - start) / width).astype(int) + 1
+    frames = np.floor((numeric - start) / width).astype(int) + 1
     return frames.clip(1, count).rename(FRAME)
 
 
@@ -41,11 +79,24 @@ def stratified_sample(
     return pd.concat(parts).sort_index()
 
 
-def ingest(raw: pd.DataFrame, settings: Settings) -> tuple[dict[int, pd.DataFrame], dict]:
-    """Validate, frame and sample. Returns one DataFrame per frame and a summary."""
+def add_record_ids(data: pd.DataFrame, contract: Contract) -> pd.DataFrame:
+    """Fill the id column from content when the source has none (see derive_record_ids)."""
+    id_column = contract.id_column
+    if id_column in data.columns:
+        return data
+    content = [c for c in data.columns if c not in (contract.target, FRAME)]
+    return data.assign(**{id_column: derive_record_ids(data, content)})
+
+
+def ingest(
+    raw: pd.DataFrame, settings: Settings, locate: Locate | None = None
+) -> tuple[dict[int, pd.DataFrame], dict]:
+    """Validate, add ids, frame and sample. Returns one DataFrame per frame and a summary."""
     contract = settings.contract
-    data = validate(raw, contract)
-    data[FRAME] = assign_frames(data, contract.time_column, settings.frames.count)
+    data = validate(raw, contract, locate)
+    derived = contract.id_column not in data.columns
+    data = add_record_ids(data, contract)
+    data[FRAME] = assign_frames(data, contract.time_column, settings.frames)
     env_data = settings.environment.data
     data = stratified_sample(
         data,
@@ -63,6 +114,9 @@ def ingest(raw: pd.DataFrame, settings: Settings) -> tuple[dict[int, pd.DataFram
         "rows": len(data),
         "sample_fraction": env_data.sample_fraction,
         "positives": int(data[contract.target].sum()),
+        "positive_class": contract.target_spec.positive_class,
+        "ids": "derived from content" if derived else f"column {contract.id_column}",
+        "frames_by": "row order" if contract.time_column is None else settings.frames.by,
         "frames": {
             str(n): {"rows": len(f), "positives": int(f[contract.target].sum())}
             for n, f in frames.items()
@@ -73,14 +127,19 @@ def ingest(raw: pd.DataFrame, settings: Settings) -> tuple[dict[int, pd.DataFram
 
 def run(settings: Settings) -> dict:
     """Entry point: source -> data/ingested/frame_<n>.parquet and reports/ingest.json."""
-    from pipeline.io import atomic_dir, write_json
+    from pipeline.io import atomic_dir, read_json, write_json
     from pipeline.layout import Layout
     from pipeline.sources import describe, read_source
 
     layout = Layout(settings.root)
     raw = read_source(settings)
-    frames, summary = ingest(raw, settings)
+    # A CSV's first data row is line 2 of the file: errors then point at the line.
+    frames, summary = ingest(raw, settings, row_locator(raw.attrs.get("first_line")))
     summary["source"] = describe(settings.environment.data.source, settings)
+    if "sha256" in raw.attrs:  # a query's result: what exactly was read
+        summary["source_sha256"] = raw.attrs["sha256"]
+    if layout.source_fingerprint.is_file():
+        summary["source_fingerprint"] = read_json(layout.source_fingerprint)
     with atomic_dir(layout.ingested) as tmp:
         for number, part in frames.items():
             part.to_parquet(layout.frame_file(tmp, number), index=False)

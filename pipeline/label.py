@@ -8,12 +8,34 @@ from __future__ import annotations
 
 import pandas as pd
 
+from pipeline.config import ColumnSpec
 from pipeline.errors import DataError
 
 LABEL_VALUES = (0, 1)
 
 
-def clean_truth(truth: pd.DataFrame, id_column: str, label_column: str) -> pd.DataFrame:
+def label_values(target: ColumnSpec | None) -> dict[object, int]:
+    """What a feed may say, and what each value means: 1 is the contract's positive class.
+
+    0 and 1 always work (a feed already encoded); the target's own values work too
+    (`bad`/`good`, `Yes`/`No`) when the contract names them.
+    """
+    values: dict[object, int] = {v: v for v in LABEL_VALUES}
+    values.update({str(v): v for v in LABEL_VALUES})
+    if target is not None:
+        positive = target.positive_class
+        for other in target.allowed or []:
+            if other != positive:
+                values[other] = 0
+                values[str(other)] = 0
+        values[positive] = 1
+        values[str(positive)] = 1
+    return values
+
+
+def clean_truth(
+    truth: pd.DataFrame, id_column: str, label_column: str, target: ColumnSpec | None = None
+) -> pd.DataFrame:
     """Validate a ground-truth feed into (record_id, label); bad rows stop the import."""
     for column in (id_column, label_column):
         if column not in truth.columns:
@@ -21,11 +43,15 @@ def clean_truth(truth: pd.DataFrame, id_column: str, label_column: str) -> pd.Da
     ids = truth[id_column]
     if ids.isna().any():
         raise DataError(id_column, "not null", None, f"{int(ids.isna().sum())} rows")
-    labels = pd.to_numeric(truth[label_column], errors="coerce")
-    bad = labels.isna() | ~labels.isin(LABEL_VALUES)
+    accepted = label_values(target)
+    labels = truth[label_column].map(lambda v: accepted.get(v, accepted.get(str(v))))
+    bad = labels.isna()
     if bad.any():
         raise DataError(
-            label_column, f"allowed {list(LABEL_VALUES)}", truth[label_column][bad].iloc[0]
+            label_column,
+            f"allowed {sorted({str(k) for k in accepted})}",
+            truth[label_column][bad].iloc[0],
+            f"{int(bad.sum())} rows",
         )
     out = pd.DataFrame({"record_id": ids.astype(str), "label": labels.astype("int64")})
     # A feed may correct itself: the last word on a record wins.
@@ -72,7 +98,7 @@ def read_truth(settings, frame: int) -> tuple[pd.DataFrame, str]:
             sql_url(source.url, source.url_env, "label.source.url_env"), source.query or ""
         )
         origin = f"sql:{source.url_env or 'url'}"
-    truth = clean_truth(raw, source.id_column, source.label_column)
+    truth = clean_truth(raw, source.id_column, source.label_column, contract.target_spec)
     privacy = settings.environment.privacy
     if privacy.pseudonymise_ids:
         truth["record_id"] = pseudonymise(truth["record_id"], pseudonymisation_key(privacy))

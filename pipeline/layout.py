@@ -19,6 +19,15 @@ class Layout:
 
     # data
     @property
+    def source_fingerprint(self) -> Path:
+        return self._p("data", "source.json")
+
+    @property
+    def source_state(self) -> Path:
+        """Per-machine cache of the source's hash (size and mtime), never committed."""
+        return self._p(".crispml", "source-state.json")
+
+    @property
     def ingested(self) -> Path:
         return self._p("data", "ingested")
 
@@ -32,7 +41,7 @@ class Layout:
 
     @property
     def features(self) -> Path:
-        return self._p("data", "models", "features.pkl")
+        return self._p("data", "models", "features.json")
 
     @property
     def model(self) -> Path:

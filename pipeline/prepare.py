@@ -54,7 +54,11 @@ def prepare(
     rows_in = len(frame)
     duplicates = 0
     if options.drop_duplicates:
-        deduplicated = frame.drop_duplicates(ignore_index=True)
+        # A duplicate is the same content twice. The id is left out (a derived id
+        # already tells identical rows apart, and a re-sent row gets a new source id),
+        # and so is the frame, which is a function of the row's place, not its content.
+        content = [c for c in frame.columns if c not in (contract.id_column, FRAME)]
+        deduplicated = frame.drop_duplicates(subset=content, ignore_index=True)
         duplicates = rows_in - len(deduplicated)
         frame = deduplicated
     frame, missing = handle_missing(frame, contract, options.missing)

@@ -74,6 +74,8 @@ def apply_privacy(
         out[contract.id_column] = pseudonymise(out[contract.id_column], key)
         report["pseudonymised_columns"] = [contract.id_column]
     for column, rule in privacy.generalise.items():
+        if column not in out.columns:  # an optional column this source does not have
+            continue
         out[column] = generalise(out[column], rule)
         report["generalised_columns"][column] = rule.model_dump(exclude_none=True)
     quasi = [c for c in contract.names(Role.QUASI_IDENTIFIER) if c in out.columns]

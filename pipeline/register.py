@@ -31,16 +31,28 @@ class GateVerdict:
 
 def evaluate_gate(
     candidate_pr_auc: float,
-    min_pr_auc: float,
+    min_pr_auc: float | None,
     max_pr_auc_drop: float,
     champion_pr_auc: float | None = None,
     champion_version: str | None = None,
+    *,
+    candidate_roc_auc: float | None = None,
+    min_roc_auc: float | None = None,
+    other_lineage: str | None = None,
 ) -> GateVerdict:
-    """Pass when the candidate is good enough on its own and no worse than the champion allows."""
+    """Pass when the candidate clears every floor and is no worse than the champion allows.
+
+    `other_lineage` says the alias holder was trained on another contract: comparing
+    PR-AUCs across datasets means nothing, so the gate refuses and says why.
+    """
     reasons = []
-    if not candidate_pr_auc >= min_pr_auc:  # also catches NaN
+    if other_lineage:
+        reasons.append(other_lineage)
+    if min_pr_auc is not None and not candidate_pr_auc >= min_pr_auc:  # also catches NaN
         reasons.append(f"PR-AUC {candidate_pr_auc:.4f} is below the minimum {min_pr_auc:.4f}")
-    if champion_pr_auc is not None:
+    if min_roc_auc is not None and not (candidate_roc_auc or float("nan")) >= min_roc_auc:
+        reasons.append(f"ROC-AUC {candidate_roc_auc:.4f} is below the minimum {min_roc_auc:.4f}")
+    if champion_pr_auc is not None and not other_lineage:
         drop = champion_pr_auc - candidate_pr_auc
         if drop > max_pr_auc_drop:
             reasons.append(
@@ -51,8 +63,43 @@ def evaluate_gate(
         passed=not reasons,
         reasons=reasons,
         candidate_pr_auc=candidate_pr_auc,
-        champion_pr_auc=champion_pr_auc,
+        champion_pr_auc=None if other_lineage else champion_pr_auc,
         champion_version=champion_version,
+    )
+
+
+def input_schema(signature) -> list[dict]:
+    """A model's input columns and types, from its MLflow signature."""
+    return [] if signature is None or signature.inputs is None else signature.inputs.to_dict()
+
+
+def lineage_mismatch(
+    candidate: list[dict], champion: list[dict], name: str, version: str
+) -> str | None:
+    """One line saying why the champion belongs to another dataset, or None when it does not."""
+    if candidate == champion:
+        return None
+    have = {c.get("name"): c.get("type") for c in champion}
+    want = {c.get("name"): c.get("type") for c in candidate}
+    missing = sorted(set(want) - set(have))
+    extra = sorted(set(have) - set(want))
+    retyped = sorted(k for k in set(want) & set(have) if want[k] != have[k])
+    differences = (
+        "; ".join(
+            part
+            for part in (
+                f"it lacks {missing[:5]}" if missing else "",
+                f"it has {extra[:5]} instead" if extra else "",
+                f"other types for {retyped[:5]}" if retyped else "",
+            )
+            if part
+        )
+        or "another column order"
+    )
+    return (
+        f"version {version} of {name!r} was trained on another contract ({differences}): "
+        "PR-AUCs of different datasets are not compared; give this dataset its own "
+        "register.model_name in params.yaml"
     )
 
 
@@ -83,7 +130,7 @@ def _champion_pr_auc(client, settings, champion, test) -> float | None:
         model = mlflow.sklearn.load_model(
             f"models:/{settings.registration.model_name}/{champion.version}"
         )
-        scores = predict_proba(model, test, contract.model_inputs)
+        scores = predict_proba(model, test, settings.model_inputs)
         return float(average_precision_score(test[contract.target].to_numpy(), scores))
     except Exception:
         recorded = champion.tags.get("pr_auc")
@@ -167,18 +214,40 @@ def run(settings) -> dict:
     gate_params = settings.environment.gates.registration
 
     test = pd.read_parquet(layout.curated / "test.parquet")
+    saved = Model.load(str(layout.model))
     champion = registry.alias_holder(client, name, alias)
-    champion_pr_auc = _champion_pr_auc(client, settings, champion, test) if champion else None
+    other_lineage = None
+    if champion is not None:
+        from mlflow.models import get_model_info
+
+        champion_signature = get_model_info(f"models:/{name}/{champion.version}").signature
+        other_lineage = lineage_mismatch(
+            input_schema(saved.signature),
+            input_schema(champion_signature),
+            name,
+            str(champion.version),
+        )
+    champion_pr_auc = (
+        _champion_pr_auc(client, settings, champion, test)
+        if champion is not None and other_lineage is None
+        else None
+    )
     verdict = evaluate_gate(
         metrics["pr_auc"],
         gate_params.min_pr_auc,
         gate_params.max_pr_auc_drop,
         champion_pr_auc,
         str(champion.version) if champion else None,
+        candidate_roc_auc=metrics.get("roc_auc"),
+        min_roc_auc=gate_params.min_roc_auc,
+        other_lineage=other_lineage,
     )
+    if other_lineage:
+        import sys
+
+        print(f"register gate: {other_lineage}", file=sys.stderr)
 
     model = mlflow.sklearn.load_model(str(layout.model))
-    saved = Model.load(str(layout.model))
     example = saved.load_input_example(str(layout.model))
     tags = {
         "git_commit": commit,
@@ -237,7 +306,7 @@ def run(settings) -> dict:
         if not defer:
             reason = f"gate passed in {env}"
             moved = registry.move_alias(client, name, alias, version, reason=reason)
-    elif settings.environment.registry.fallback_alias:
+    elif settings.environment.registry.fallback_alias and not other_lineage:
         fallback_alias = settings.environment.registry.fallback_alias
         fallback = fall_back(client, name, alias, fallback_alias, commit, move=not defer)
         moved = fallback.get("event")
@@ -247,6 +316,9 @@ def run(settings) -> dict:
     # verify judge the model this environment is about to serve.
     if defer and decided is not None:
         serving = client.get_model_version(name, decided)
+    elif other_lineage and not verdict.passed:
+        # The holder cannot score this contract's records: nothing serves this data.
+        serving = None
     else:
         serving = registry.alias_holder(client, name, alias)
     result = {

@@ -17,16 +17,20 @@ from sklearn.metrics import (
     roc_curve,
 )
 
-from pipeline.config import Cost, Slices
+from pipeline.config import Cost, Slice
 
 MAX_CURVE_POINTS = 400
 
 
 def expected_cost(y: np.ndarray, decision: np.ndarray, cost: Cost) -> float:
-    """Missed frauds cost `missed_fraud` each; every flagged transaction costs a review."""
+    """Each missed positive costs `false_negative`; each flagged negative `false_positive`.
+
+    Flagged positives cost nothing extra here: the review that catches them is the
+    point of flagging, and it is cheap next to a miss.
+    """
     missed = int(((y == 1) & (decision == 0)).sum())
-    reviewed = int(decision.sum())
-    return missed * cost.missed_fraud + reviewed * cost.review
+    false_alarms = int(((y == 0) & (decision == 1)).sum())
+    return missed * cost.false_negative + false_alarms * cost.false_positive
 
 
 def choose_threshold(y: np.ndarray, score: np.ndarray, cost: Cost) -> float:
@@ -39,7 +43,9 @@ def choose_threshold(y: np.ndarray, score: np.ndarray, cost: Cost) -> float:
     for threshold in candidates:
         flagged = int(np.searchsorted(-sorted_scores, -threshold, side="right"))
         caught = int(sorted_y[:flagged].sum())
-        total = (positives - caught) * cost.missed_fraud + flagged * cost.review
+        total = (positives - caught) * cost.false_negative + (
+            flagged - caught
+        ) * cost.false_positive
         if total < best_cost:
             best, best_cost = float(threshold), total
     return best
@@ -90,37 +96,51 @@ def band_labels(edges: list[float]) -> list[str]:
     ]
 
 
+def _band_metrics(y: np.ndarray, score: np.ndarray, threshold: float, cost: Cost) -> dict:
+    decision = (score >= threshold).astype(int)
+    positives = int(y.sum())
+    tp = int(((y == 1) & (decision == 1)).sum())
+    return {
+        "rows": len(y),
+        "positives": positives,
+        "recall": tp / positives if positives else None,
+        "flagged": int(decision.sum()),
+        "pr_auc": float(average_precision_score(y, score)) if 0 < positives < len(y) else None,
+        "expected_cost": expected_cost(y, decision, cost),
+    }
+
+
 def slice_metrics(
     frame: pd.DataFrame,
     y: np.ndarray,
     score: np.ndarray,
     threshold: float,
-    slices: Slices,
+    slices: list[Slice],
     cost: Cost,
 ) -> dict[str, dict]:
-    """Metrics per band of one column: a model good on average can fail on large amounts."""
-    values = frame[slices.column].to_numpy(dtype="float64")
-    bins = np.digitize(values, slices.edges[1:], right=False)
+    """Metrics per band of a number or per value of a category.
+
+    A model good on average can fail on one segment (large amounts, one region).
+    """
     out: dict[str, dict] = {}
-    for index, label in enumerate(band_labels(slices.edges)):
-        mask = bins == index
-        if not mask.any():
-            continue
-        y_band, s_band = y[mask], score[mask]
-        decision = (s_band >= threshold).astype(int)
-        tp = int(((y_band == 1) & (decision == 1)).sum())
-        positives = int(y_band.sum())
-        out[label] = {
-            "rows": int(mask.sum()),
-            "positives": positives,
-            "recall": tp / positives if positives else None,
-            "flagged": int(decision.sum()),
-            "pr_auc": float(average_precision_score(y_band, s_band))
-            if 0 < positives < mask.sum()
-            else None,
-            "expected_cost": expected_cost(y_band, decision, cost),
+    for item in slices:
+        column = frame[item.column]
+        groups: dict[str, np.ndarray] = {}
+        if item.edges is not None:
+            values = pd.to_numeric(column, errors="coerce").to_numpy(dtype="float64")
+            bins = np.digitize(values, item.edges[1:], right=False)
+            for index, label in enumerate(band_labels(item.edges)):
+                groups[label] = (bins == index) & ~np.isnan(values)
+        else:
+            text = column.astype(object).where(column.notna(), "(missing)").astype(str)
+            for value in sorted(text.unique()):
+                groups[value] = (text == value).to_numpy()
+        out[item.column] = {
+            label: _band_metrics(y[mask], score[mask], threshold, cost)
+            for label, mask in groups.items()
+            if mask.any()
         }
-    return {slices.column: out}
+    return out
 
 
 def _thin(frame: pd.DataFrame) -> pd.DataFrame:
@@ -171,10 +191,11 @@ def run(settings) -> dict:
     valid = pd.read_parquet(layout.curated / "valid.parquet")
     test = pd.read_parquet(layout.curated / "test.parquet")
     y_valid = valid[contract.target].to_numpy()
-    s_valid = predict_proba(model, valid, contract.model_inputs)
+    inputs = settings.model_inputs
+    s_valid = predict_proba(model, valid, inputs)
     threshold = choose_threshold(y_valid, s_valid, options.cost)
     y_test = test[contract.target].to_numpy()
-    s_test = predict_proba(model, test, contract.model_inputs)
+    s_test = predict_proba(model, test, inputs)
     metrics = classification_metrics(
         y_test, s_test, threshold, options.cost, options.precision_target
     )
@@ -182,6 +203,8 @@ def run(settings) -> dict:
         y_valid, s_valid, threshold, options.cost, options.precision_target
     )
     metrics["algorithm"] = settings.train.algorithm
+    # Every figure is about this class of the target (scores are its probability).
+    metrics["positive_class"] = str(contract.target_spec.positive_class)
     write_json(layout.metrics, metrics)
     write_json(
         layout.slices,

@@ -48,8 +48,9 @@ def serving_model(registered: dict) -> dict:
     if not serving:
         gate = registered.get("gate", {})
         raise GateFailed(
-            f"no model version holds alias @{registered.get('alias')}: version "
-            f"{registered.get('candidate_version')} was rejected "
+            "no model version that can score this data holds alias "
+            f"@{registered.get('alias')}: version {registered.get('candidate_version')} "
+            "was rejected "
             f"({'; '.join(gate.get('reasons', []))})"
         )
     return serving
@@ -93,7 +94,7 @@ def run(settings, frame: int) -> dict:
     try:
         for part in chunks(data, size):
             scored = score_rows(
-                model, part, contract.model_inputs, contract.id_column, lineage["threshold"]
+                model, part, settings.model_inputs, contract.id_column, lineage["threshold"]
             )
             scored["score_id"] = [
                 batch_score_id(env, name, version, r) for r in scored["record_id"]

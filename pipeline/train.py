@@ -14,7 +14,7 @@ import pandas as pd
 from sklearn.pipeline import Pipeline
 
 from pipeline.config import Settings
-from pipeline.features import TransactionFeatures
+from pipeline.features import FeaturePlan, build_features, native_categorical_mask
 
 
 def make_estimator(algorithm: str, hyperparameters: dict[str, Any], seed: int) -> Any:
@@ -34,15 +34,23 @@ def make_estimator(algorithm: str, hyperparameters: dict[str, Any], seed: int) -
     raise ValueError(f"unknown algorithm {algorithm!r}")
 
 
-def fit_model(train: pd.DataFrame, features: TransactionFeatures, settings: Settings) -> Pipeline:
-    """Fit the estimator on the already-fitted features and return both as one Pipeline."""
-    contract = settings.contract
-    X = features.transform(train[contract.model_inputs])
-    y = train[contract.target].to_numpy()
-    estimator = make_estimator(
-        settings.train.algorithm, settings.train.hyperparameters, settings.train.seed
-    )
-    estimator.fit(X, y)
+def fit_model(train: pd.DataFrame, plan: FeaturePlan, settings: Settings) -> Pipeline:
+    """Fit the features, then the estimator on them, and return both as one Pipeline.
+
+    The features are fitted first because gradient boosting must be told which of the
+    transformed columns are categories before it is fitted.
+    """
+    algorithm = settings.train.algorithm
+    X = train[plan.inputs]
+    y = train[settings.contract.target].to_numpy()
+    features = build_features(plan, algorithm).fit(X)
+    hyperparameters = settings.train.hyperparameters
+    if algorithm == "hist_gradient_boosting":
+        mask = native_categorical_mask(features, plan)
+        if mask is not None:
+            hyperparameters.setdefault("categorical_features", mask)
+    estimator = make_estimator(algorithm, hyperparameters, settings.train.seed)
+    estimator.fit(features.transform(X), y)
     if hasattr(estimator, "n_jobs"):
         # Parallel prediction adds tree outputs in thread completion order, so the last
         # bits of a probability change run to run. One thread makes scores reproducible
@@ -90,7 +98,7 @@ def save_model(model: Pipeline, train: pd.DataFrame, settings: Settings, path) -
 
     from pipeline.io import atomic_dir
 
-    inputs = settings.contract.model_inputs
+    inputs = settings.model_inputs
     example = train[inputs].head(5)
     # The pyfunc flavour answers predict_proba, so the output schema is its (n, 2) array.
     signature = infer_signature(example, model.predict_proba(example))
@@ -109,17 +117,16 @@ def save_model(model: Pipeline, train: pd.DataFrame, settings: Settings, path) -
 
 def run(settings: Settings) -> dict:
     """Entry point: curated train split + fitted features -> data/models/model (MLflow format)."""
-    import pickle
     import time
 
+    from pipeline.io import read_json
     from pipeline.layout import Layout
 
     layout = Layout(settings.root)
     train = pd.read_parquet(layout.curated / "train.parquet")
-    with open(layout.features, "rb") as handle:
-        features = pickle.load(handle)
+    plan = FeaturePlan.from_dict(read_json(layout.features))
     started = time.perf_counter()
-    model = fit_model(train, features, settings)
+    model = fit_model(train, plan, settings)
     fit_seconds = time.perf_counter() - started
     save_model(model, train, settings, layout.model)
     return {

@@ -89,7 +89,9 @@ def run(settings) -> dict:
     registered = read_json(layout.registered)
     serving = registered.get("serving") or {}
     name, version = registered["model_name"], str(serving.get("version"))
-    columns = contract.features
+    # Dates are not compared: a later frame has later dates by construction.
+    columns = [c for c in contract.features if contract.by_name[c].dtype != "datetime"]
+    categorical = [c for c in columns if c in contract.categorical]
 
     def load(frames: list[int]) -> pd.DataFrame:
         return pd.concat(
@@ -134,6 +136,7 @@ def run(settings) -> dict:
                     html(key, "drift"),
                     max_rows=options.drift_max_rows,
                     seed=rng_seed,
+                    categorical=categorical,
                 )
         store = ScoreStore(settings.store_url)
         try:

@@ -31,7 +31,10 @@ SMALL_FRAUD_RATE = 0.03
 def set_param(text: str, key: str, value: str) -> str:
     """Change the first `key:` line of a YAML text, keeping every comment in place."""
     new, count = re.subn(
-        rf"(?m)^(\s*{re.escape(key)}:)[ \t]*[^\n#]*", rf"\g<1> {value}", text, count=1
+        rf"(?m)^(\s*{re.escape(key)}:)[ \t]*[^\n#]*?(?=[ \t]*(?:#|$))",
+        rf"\g<1> {value}",
+        text,
+        count=1,
     )
     assert count == 1, f"no {key!r} in the text"
     return new

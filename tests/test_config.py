@@ -13,7 +13,7 @@ def test_default_params_load_with_the_dev_overlay(settings) -> None:
     assert settings.env == "dev"
     assert settings.contract.target == "Class"
     assert settings.contract.id_column == "transaction_id"
-    assert settings.contract.model_inputs[0] == "Time"
+    assert settings.model_inputs[0] == "Time"
     assert len(settings.contract.features) == 29
     assert settings.alias == "dev"
     assert settings.store_url.startswith("sqlite:////")

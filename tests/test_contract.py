@@ -37,7 +37,7 @@ def test_extra_columns_are_dropped(raw, settings) -> None:
             "Amount",
             "type float",
         ),
-        (lambda d: d.assign(V7=d["V7"].where(d.index != 9, 250.0)), "V7", "max 100"),
+        (lambda d: d.assign(V7=d["V7"].where(d.index != 9, 250.5)), "V7", "max 250"),
         (lambda d: d.assign(Amount=d["Amount"].where(d.index != 3, -1.0)), "Amount", "min 0"),
         (lambda d: d.assign(Class=d["Class"].where(d.index != 2, 3)), "Class", "allowed"),
         (

@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.config import Cost, Slices
+from pipeline.config import Cost, Slice
 from pipeline.report import (
     choose_threshold,
     classification_metrics,
@@ -24,7 +24,7 @@ def scored():
 
 def test_chosen_threshold_has_the_lowest_cost_of_all_candidates(scored) -> None:
     y, score = scored
-    cost = Cost(missed_fraud=200, review=5)
+    cost = Cost(false_negative=200, false_positive=5)
     best = choose_threshold(y, score, cost)
     best_cost = expected_cost(y, (score >= best).astype(int), cost)
     for other in np.linspace(0, 1, 101):
@@ -33,17 +33,18 @@ def test_chosen_threshold_has_the_lowest_cost_of_all_candidates(scored) -> None:
 
 def test_costlier_misses_lower_the_threshold(scored) -> None:
     y, score = scored
-    cheap = choose_threshold(y, score, Cost(missed_fraud=10, review=5))
-    dear = choose_threshold(y, score, Cost(missed_fraud=1000, review=5))
+    cheap = choose_threshold(y, score, Cost(false_negative=10, false_positive=5))
+    dear = choose_threshold(y, score, Cost(false_negative=1000, false_positive=5))
     assert dear < cheap
 
 
 def test_metrics_agree_with_a_hand_count() -> None:
     y = np.array([1, 1, 0, 0, 0])
     score = np.array([0.9, 0.4, 0.6, 0.1, 0.2])
-    m = classification_metrics(y, score, 0.5, Cost(missed_fraud=100, review=1), 0.9)
+    m = classification_metrics(y, score, 0.5, Cost(false_negative=100, false_positive=1), 0.9)
     assert (m["precision"], m["recall"], m["flagged"]) == (0.5, 0.5, 2)
-    assert m["expected_cost"] == 100 + 2
+    # One missed positive and one false alarm; the flagged positive costs nothing.
+    assert m["expected_cost"] == 100 + 1
     assert m["roc_auc"] == pytest.approx(5 / 6)
 
 
@@ -63,8 +64,8 @@ def test_slices_and_plot_tables(scored) -> None:
         y,
         score,
         0.5,
-        Slices(column="Amount", edges=[0, 10, 100, 1000]),
-        Cost(missed_fraud=1, review=1),
+        [Slice(column="Amount", edges=[0, 10, 100, 1000])],
+        Cost(false_negative=1, false_positive=1),
     )
     assert sum(band["rows"] for band in slices["Amount"].values()) == len(y)
     assert "1000+" in slices["Amount"]

@@ -6,7 +6,8 @@ The write path of POST /v1/score, and why it is shaped this way:
    a bad record is a 422 before anything else happens, so nothing is stored.
 2. The request takes the serving model holder once (`models.current`) and keeps it.
 3. Its rows go to the *scorer* batcher: concurrent requests share one
-   `predict_proba` call, per holder, in the scorer's own thread.
+   `predict_proba` call, per holder, in the scorer's own thread. A record without an
+   id gets one derived from its content (`pipeline.service.ids`).
 4. Its score rows go to the *writer* batcher: concurrent requests share one
    transaction (`ScoreStore.insert_scores`), in the writer's own thread - a group
    commit. Scoring of the next batch overlaps with the commit of this one.
@@ -64,6 +65,7 @@ from pipeline.service.contract import (
     record_schema,
     score_request_type,
 )
+from pipeline.service.ids import derive_record_ids
 from pipeline.service.metrics import CONTENT_TYPE, ServiceMetrics
 from pipeline.service.middleware import BodyLimit, RequestMetrics
 from pipeline.service.model import (
@@ -89,32 +91,49 @@ class _ScoreJob:
     rows: Sequence[tuple[Any, ...]]
 
 
-def frame_of(rows: Sequence[tuple[Any, ...]], inputs: Sequence[str], numeric: bool) -> pd.DataFrame:
-    """The model's input frame. All-numeric contracts take a float64 array in one step,
-    four times faster than pandas' per-row record parsing on the single-record path."""
-    if numeric:
-        return pd.DataFrame(np.asarray(rows, dtype="float64"), columns=list(inputs))
-    return pd.DataFrame.from_records(rows, columns=list(inputs))
+Frame = Callable[[Sequence[tuple[Any, ...]]], pd.DataFrame]
 
 
-def predict_jobs(
-    jobs: list[_ScoreJob], inputs: Sequence[str], numeric: bool = False
-) -> list[np.ndarray]:
+def _scores(model: ServingModel, rows: Sequence[tuple[Any, ...]], to_frame: Frame) -> np.ndarray:
+    scores = model.predict(to_frame(rows))
+    if len(scores) != len(rows):
+        raise ValueError(f"model version {model.version} returned {len(scores)} scores for "
+                         f"{len(rows)} rows")
+    if not np.isfinite(scores).all():
+        raise ValueError(f"model version {model.version} returned non-finite scores")
+    return scores
+
+
+def predict_jobs(jobs: list[_ScoreJob], to_frame: Frame) -> list[np.ndarray | Exception]:
     """Score every job, one `predict_proba` per distinct holder, in job order.
 
     Jobs that took different holders (a reload happened between them) are scored by
     their own model: grouping is by holder identity, never by "the current one".
+    `to_frame` turns rows into the model's input frame (`RecordSchema.frame`).
+
+    A job's result is its scores, or the exception scoring it raised: when a shared call
+    fails, each of its jobs is scored alone, so one request the model cannot score (a
+    model that breaks on some value) fails that request only, not its neighbours.
     """
     groups: dict[int, list[int]] = {}
     for index, job in enumerate(jobs):
         groups.setdefault(id(job.model), []).append(index)
-    out: list[np.ndarray] = [np.empty(0)] * len(jobs)
+    out: list[np.ndarray | Exception] = [np.empty(0)] * len(jobs)
     for indices in groups.values():
         model = jobs[indices[0]].model
         rows = [row for i in indices for row in jobs[i].rows]
-        scores = model.predict(frame_of(rows, inputs, numeric))
-        if not np.isfinite(scores).all() or len(scores) != len(rows):
-            raise ValueError(f"model version {model.version} returned non-finite scores")
+        try:
+            scores = _scores(model, rows, to_frame)
+        except Exception as error:
+            if len(indices) == 1:
+                out[indices[0]] = error
+                continue
+            for i in indices:
+                try:
+                    out[i] = _scores(model, jobs[i].rows, to_frame)
+                except Exception as alone:
+                    out[i] = alone
+            continue
         start = 0
         for i in indices:
             out[i] = scores[start : start + len(jobs[i].rows)]
@@ -170,7 +189,7 @@ class ServiceState:
         self.settings = settings
         self.config = config
         self.environment = settings.env
-        self.schema: RecordSchema = record_schema(settings.contract)
+        self.schema: RecordSchema = record_schema(settings.contract, settings.model_inputs)
         self.metrics = ServiceMetrics()
         self.store = ScoreStore(settings.store_url)
         self.pseudonymise = _pseudonymiser(settings)
@@ -183,7 +202,7 @@ class ServiceState:
             on_change=self._model_changed,
             on_failure=lambda _error: self.metrics.reloads.labels("failed").inc(),
         )
-        self.scorer: MicroBatcher[_ScoreJob, np.ndarray] = MicroBatcher(
+        self.scorer: MicroBatcher[_ScoreJob, np.ndarray | Exception] = MicroBatcher(
             self._predict, name="scorer", max_size=config.predict_max_rows,
             size_of=lambda job: len(job.rows),
         )
@@ -224,12 +243,18 @@ class ServiceState:
 
     def _warm_up(self, model: ServingModel) -> None:
         """Score the contract's example once: loads lazy code paths, and proves the model
-        accepts the contract's inputs before it is allowed to serve."""
-        example = self.schema.example
-        inputs = list(self.schema.inputs)
-        frame = pd.DataFrame([[example[c] for c in inputs]], columns=inputs)
-        scores = model.predict(frame)
-        if scores.shape != (1,) or not math.isfinite(float(scores[0])):
+        accepts the contract's inputs before it is allowed to serve - framed exactly as
+        requests are, with a category nobody trained on and, for nullable inputs, nulls."""
+        rows = self.schema.probe_rows()
+        try:
+            scores = model.predict(self.schema.frame(rows))
+        except Exception as error:
+            raise ValueError(
+                f"model version {model.version} failed its warm-up prediction on the "
+                f"contract's example (with an unseen category and null inputs): "
+                f"{type(error).__name__}: {error}"
+            ) from error
+        if scores.shape != (len(rows),) or not all(math.isfinite(float(s)) for s in scores):
             raise ValueError(f"model version {model.version} failed its warm-up prediction")
 
     def _model_changed(self, model: ServingModel) -> None:
@@ -238,9 +263,9 @@ class ServiceState:
 
     # -- the two batched calls (run in their own threads) --------------------------------
 
-    def _predict(self, jobs: list[_ScoreJob]) -> list[np.ndarray]:
+    def _predict(self, jobs: list[_ScoreJob]) -> list[np.ndarray | Exception]:
         self.metrics.predict_rows.observe(sum(len(j.rows) for j in jobs))
-        return predict_jobs(jobs, self.schema.inputs, self.schema.numeric)
+        return predict_jobs(jobs, self.schema.frame)
 
     def _commit(self, batches: list[list[dict[str, Any]]]) -> list[int]:
         """One transaction for every request in the batch: all are stored, or none is."""
@@ -411,18 +436,21 @@ def create_app(
             raise HTTPException(503, f"no model is loaded: {state.models.last_error}")
         records = body if isinstance(body, list) else [body]
         pairs = [schema.values(record) for record in records]
-        record_ids = [record_id for record_id, _ in pairs]
-        scores = await state.scorer.submit(_ScoreJob(model, [values for _, values in pairs]))
+        rows = [values for _, values in pairs]
+        scores = await state.scorer.submit(_ScoreJob(model, rows))
+        if isinstance(scores, Exception):
+            raise scores  # the model could not score this request: 500, trace in the log
+        record_ids = derive_record_ids(schema.inputs, rows, [record_id for record_id, _ in pairs])
         stored_ids = state.pseudonymise(record_ids)
         now = utcnow()
-        rows: list[dict[str, Any]] = []
+        stored: list[dict[str, Any]] = []
         results: list[dict[str, Any]] = []
         threshold = model.threshold
         answers = zip(record_ids, stored_ids, scores.tolist(), strict=True)
         for record_id, stored_id, value in answers:
             score_id = new_score_id()
             decision = int(value >= threshold)
-            rows.append({
+            stored.append({
                 "score_id": score_id, "record_id": stored_id, "frame": None, "score": value,
                 "decision": decision, "threshold": threshold, "model_name": model.name,
                 "model_version": model.version, "run_id": model.run_id,
@@ -435,7 +463,7 @@ def create_app(
                 "model_version": model.version,
             })
         try:
-            await asyncio.wait_for(state.writer.submit(rows), config.store_timeout)
+            await asyncio.wait_for(state.writer.submit(stored), config.store_timeout)
         except Exception as error:
             log.warning("score not stored, answering 503: %s", error or type(error).__name__)
             raise HTTPException(

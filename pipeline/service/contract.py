@@ -2,39 +2,57 @@
 
 The contract in `params.yaml` is the single statement of what a record is; the API
 must not keep a second, hand-written copy that could drift from it. So the record
-model is built with `pydantic.create_model` from `Contract.specs`: the id column plus
-the model inputs, each with its dtype (strict: "1.5" is not a number, true is not
-1.0), its min/max as ge/le, `allow_inf_nan=False` (NaN and Infinity are not values
-a model can be judged on) and `extra="forbid"` (a misspelt column is an error, not a
-silently ignored field). FastAPI puts these models into /docs and /openapi.json, so
-every field is documented with its range.
+model is built with `pydantic.create_model` from the contract's column specs: the id
+column (when the contract declares one) plus the model inputs (`Settings.model_inputs`),
+each with its dtype and rules:
+
+* numbers are strict ("1.5" is not a number, true is not 1.0), with min/max as ge/le
+  and `allow_inf_nan=False` (NaN and Infinity are not values a model can be judged on);
+* a string feature is a category: its `allowed` values are an enum in the schema;
+  without `allowed` any string is a category (the model must cope with unseen ones);
+* a bool takes JSON true/false and the column's own tokens ("Y"/"N", "yes"/"no", ...);
+* a datetime takes ISO 8601 text (or the column's strptime `format`), kept as naive UTC;
+* `nullable: true` fields accept null, every other field refuses it;
+* `extra="forbid"`: a misspelt column is an error, not a silently ignored field.
+
+FastAPI puts these models into /docs and /openapi.json, so every field is documented
+with its type, range or allowed values.
 
 Field names of the generated model are internal (`c0`, `c1`, ...); the contract's
 column names are their aliases. That keeps any column name legal (a column called
 `model_config` or `Amount (EUR)` cannot clash with pydantic), while the JSON
 payloads, the schema and the error locations all use the contract's names.
+
+Every validated value has one Python type per dtype (float, int, bool, str, naive UTC
+datetime), so `RecordSchema.frame` can hand the model the same dtypes training saw and
+`pipeline.service.ids` can hash a record's content the same way every time.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
+import numpy as np
+import pandas as pd
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
     Discriminator,
     Field,
+    PlainValidator,
     Tag,
+    WithJsonSchema,
     create_model,
     field_validator,
 )
 from pydantic_core import PydanticCustomError
 
-from pipeline.config import ColumnSpec, Contract
+from pipeline.config import NUMERIC, ColumnSpec, Contract, Role
 
 # The score store's record_id column is String(128): a longer id could not be stored.
 RECORD_ID_MAX_LENGTH = 128
@@ -47,6 +65,13 @@ BATCH_TAG = "batch"
 _PY_TYPES: dict[str, type] = {"float": float, "int": int, "string": str, "bool": bool}
 _TYPE_WORDS = {"float": "number", "int": "integer", "string": "string", "bool": "boolean"}
 
+# What a datetime64[ns] column can hold: a datetime outside would fail in pandas.
+_EARLIEST = datetime(1677, 9, 22)
+_LATEST = datetime(2262, 4, 11)
+EXAMPLE_DATETIME = datetime(2024, 1, 1, 12, 0, 0)
+# A category nobody trained on: the example (and the warm-up) uses it on purpose.
+EXAMPLE_CATEGORY = "example"
+
 
 def _exact_type(dtype: str) -> Callable[[Any], Any]:
     """A before-check that gives Literal fields the strictness of the other fields.
@@ -57,8 +82,7 @@ def _exact_type(dtype: str) -> Callable[[Any], Any]:
     kind = _PY_TYPES[dtype]
 
     def check(value: Any) -> Any:
-        if value is None:
-            return value
+        # None never gets here for a nullable field (`X | None` takes it first).
         ok = isinstance(value, int | float) if kind is float else isinstance(value, kind)
         if isinstance(value, bool) and kind is not bool:
             ok = False
@@ -71,11 +95,117 @@ def _exact_type(dtype: str) -> Callable[[Any], Any]:
     return check
 
 
-def _annotation(spec: ColumnSpec) -> Any:
-    """The Python type of one column: a Literal when the contract lists allowed values."""
-    kind: Any = _PY_TYPES[spec.dtype]
+def _same_token(value: Any, token: Any) -> bool:
+    """Equal and of the same kind: 1 is not the token "1", and true is not the token 1."""
+    if isinstance(value, bool) or isinstance(token, bool):
+        return isinstance(value, bool) and isinstance(token, bool) and value is token
+    if isinstance(value, int) and isinstance(token, int):
+        return value == token
+    return isinstance(value, str) and isinstance(token, str) and value == token
+
+
+def _bool_tokens(spec: ColumnSpec) -> list[Any]:
+    """The tokens a bool column accepts besides JSON true/false, as the schema lists them."""
+    return [t for t in (*spec.true_tokens, *spec.false_tokens) if not isinstance(t, bool)]
+
+
+def bool_parser(spec: ColumnSpec) -> Callable[[Any], bool]:
+    """JSON true/false, or one of the column's `true_values`/`false_values` tokens."""
+    true_tokens, false_tokens = spec.true_tokens, spec.false_tokens
+    shown = ", ".join(repr(t) for t in _bool_tokens(spec))
+
+    def parse(value: Any) -> bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str | int) and not isinstance(value, bool):
+            if any(_same_token(value, t) for t in true_tokens):
+                return True
+            if any(_same_token(value, t) for t in false_tokens):
+                return False
+            if isinstance(value, str):
+                raise PydanticCustomError(
+                    "bool_parsing",
+                    "Input should be true, false or one of the tokens {tokens}",
+                    {"tokens": shown},
+                )
+        raise PydanticCustomError(
+            "bool_type", "Input should be true, false or one of the tokens {tokens}",
+            {"tokens": shown},
+        )
+
+    return parse
+
+
+def datetime_parser(spec: ColumnSpec) -> Callable[[Any], datetime]:
+    """ISO 8601 text (or the column's strptime `format`) -> a naive UTC datetime.
+
+    Text only: pydantic would also read 0.5 as a Unix time, which nobody means. A time
+    without an offset is taken as UTC; one with an offset is converted to UTC.
+    """
+    fmt = spec.format
+    expected = f"a date-time in the format {fmt}" if fmt else (
+        "an ISO 8601 date-time such as 2026-11-22T08:00:00Z"
+    )
+
+    def parse(value: Any) -> datetime:
+        if not isinstance(value, str):
+            raise PydanticCustomError("datetime_type", f"Input should be {expected}")
+        try:
+            # RFC 3339 allows a lower-case t and z; fromisoformat does not.
+            parsed = datetime.strptime(value, fmt) if fmt else datetime.fromisoformat(
+                value.upper()
+            )
+        except ValueError:
+            raise PydanticCustomError("datetime_parsing", f"Input should be {expected}") from None
+        try:
+            if parsed.tzinfo is not None:
+                parsed = parsed.astimezone(UTC).replace(tzinfo=None)
+        except (OverflowError, ValueError):
+            parsed = _LATEST.replace(year=9999)  # reported as out of range below
+        if not _EARLIEST <= parsed <= _LATEST:
+            raise PydanticCustomError(
+                "datetime_range",
+                f"Input should be between {_EARLIEST.date()} and {_LATEST.date()}",
+            )
+        return parsed
+
+    return parse
+
+
+def _value_type(spec: ColumnSpec) -> tuple[Any, dict[str, Any]]:
+    """The Python type of one column's values (without null) and its Field rules."""
+    if spec.dtype == "bool":
+        schema = {"anyOf": [{"type": "boolean"}, {"enum": _bool_tokens(spec)}]}
+        if not _bool_tokens(spec):
+            schema = {"type": "boolean"}
+        return Annotated[bool, PlainValidator(bool_parser(spec)), WithJsonSchema(schema)], {}
+    if spec.dtype == "datetime":
+        schema: dict[str, Any] = {"type": "string"}
+        if spec.format:
+            schema["description"] = f"date-time as {spec.format} (strptime format), UTC"
+        else:
+            schema["format"] = "date-time"
+        return Annotated[datetime, PlainValidator(datetime_parser(spec)),
+                         WithJsonSchema(schema)], {}
     if spec.allowed:
-        kind = Annotated[Literal[tuple(spec.allowed)], BeforeValidator(_exact_type(spec.dtype))]
+        kind: Any = Annotated[
+            Literal[tuple(spec.allowed)], BeforeValidator(_exact_type(spec.dtype))
+        ]
+        if spec.dtype == "float":  # one type per dtype: a listed 1 arrives as 1.0
+            kind = Annotated[kind, AfterValidator(float)]
+        return kind, {}
+    rules: dict[str, Any] = {"strict": True}
+    if spec.dtype in NUMERIC:
+        if spec.min is not None:
+            rules["ge"] = spec.min
+        if spec.max is not None:
+            rules["le"] = spec.max
+    return _PY_TYPES[spec.dtype], rules
+
+
+def _annotation(spec: ColumnSpec) -> Any:
+    """The Python type of one column: nullable ones also take None."""
+    kind, _ = _value_type(spec)
     return kind | None if spec.nullable else kind
 
 
@@ -84,74 +214,146 @@ def _example_value(spec: ColumnSpec) -> Any:
     if spec.allowed:
         return spec.allowed[0]
     if spec.dtype == "string":
-        return "tx-000001"
+        return "tx-000001" if spec.role == Role.ID else EXAMPLE_CATEGORY
     if spec.dtype == "bool":
         return False
-    low = spec.min if spec.min is not None else None
-    high = spec.max if spec.max is not None else None
+    if spec.dtype == "datetime":
+        if spec.format:
+            return EXAMPLE_DATETIME.strftime(spec.format)
+        return EXAMPLE_DATETIME.isoformat() + "Z"
     value = 0.0
-    if low is not None and value < low:
-        value = low
-    if high is not None and value > high:
-        value = high
+    if spec.min is not None and value < spec.min:
+        value = spec.min
+    if spec.max is not None and value > spec.max:
+        value = spec.max
     return int(value) if spec.dtype == "int" else float(value)
 
 
-def _field(spec: ColumnSpec, *, is_id: bool) -> tuple[Any, Any]:
-    rules: dict[str, Any] = {} if spec.allowed else {"strict": True}
-    if spec.dtype in ("float", "int"):
-        if spec.min is not None:
-            rules["ge"] = spec.min
-        if spec.max is not None:
-            rules["le"] = spec.max
+def _field(spec: ColumnSpec, *, is_id: bool = False, optional: bool = False) -> tuple[Any, Any]:
+    _, rules = _value_type(spec)
     kind = _annotation(spec)
+    if optional and not spec.nullable:
+        kind = kind | None  # left out or null: the id is derived
     if is_id and spec.dtype == "string":
         # The store keeps ids as String(128); a longer one could not be stored.
         rules.update(min_length=1, max_length=RECORD_ID_MAX_LENGTH)
     role = "record id" if is_id else spec.role.value
-    description = f"{spec.description} ({role}, {spec.dtype})".strip() if spec.description else (
-        f"{role}, {spec.dtype}"
-    )
-    return kind, Field(alias=spec.name, description=description, **rules)
+    if spec.is_categorical:
+        role = "category" if spec.allowed else "category, any string"
+    notes = [f"{role}, {spec.dtype}"]
+    if spec.dtype == "datetime":
+        notes.append(f"format {spec.format}" if spec.format else "ISO 8601")
+        notes.append("UTC unless an offset is given")
+    if spec.nullable:
+        notes.append("may be null")
+    if optional:
+        notes.append("optional: when absent or null, derived from the record's content")
+    what = "; ".join(notes)
+    description = f"{spec.description} ({what})" if spec.description else what
+    default: dict[str, Any] = {"default": None} if optional else {}
+    return kind, Field(alias=spec.name, description=description, **default, **rules)
 
 
 @dataclass(frozen=True)
 class RecordSchema:
-    """The generated record model and the column order the model expects."""
+    """The generated record model, the model inputs in order and how to frame them."""
 
     model: type[BaseModel]
-    id_column: str
+    # The declared id column (None: the contract has none, every id is derived).
+    id_column: str | None
     inputs: tuple[str, ...]
+    # dtype of each input, in `inputs` order
+    dtypes: tuple[str, ...]
     # attribute name on the generated model for each contract column
     attributes: dict[str, str]
     # every input is a non-nullable number: rows can become one float64 array at once
     numeric: bool = False
+    # the declared id may be left out (the id spec says `required: false`)
+    id_optional: bool = False
+    nullable: tuple[str, ...] = ()
 
-    def values(self, record: BaseModel) -> tuple[str, tuple[Any, ...]]:
-        """(record id, model input values in `inputs` order) of one validated record."""
+    def values(self, record: BaseModel) -> tuple[str | None, tuple[Any, ...]]:
+        """(record id or None, model input values in `inputs` order) of one validated record.
+
+        None when the record carries no id (the contract declares none, or it is
+        optional and was left out): `pipeline.service.ids` derives one.
+        """
         get = record.__dict__
-        return str(get[self.attributes[self.id_column]]), tuple(
-            get[self.attributes[name]] for name in self.inputs
-        )
+        values = tuple(get[self.attributes[name]] for name in self.inputs)
+        if self.id_column is None:
+            return None, values
+        record_id = get[self.attributes[self.id_column]]
+        return (None if record_id is None else str(record_id)), values
+
+    def frame(self, rows: Sequence[tuple[Any, ...]]) -> pd.DataFrame:
+        """The model's input frame: `inputs` in order, one dtype per contract dtype.
+
+        Numbers and booleans become float64 (null: NaN; true/false: 1.0/0.0),
+        categories Python str in an object column (null: None), datetimes naive UTC
+        datetime64[ns] (null: NaT). All-numeric contracts take a float64 array in one
+        step, four times faster than building columns on the single-record path.
+        """
+        columns = list(self.inputs)
+        if self.numeric:
+            return pd.DataFrame(
+                np.asarray(rows, dtype="float64").reshape(len(rows), len(columns)),
+                columns=columns,
+            )
+        by_column = list(zip(*rows, strict=True)) if rows else [()] * len(columns)
+        data: dict[str, Any] = {}
+        for name, dtype, values in zip(columns, self.dtypes, by_column, strict=True):
+            if dtype in NUMERIC or dtype == "bool":
+                data[name] = np.asarray(values, dtype="float64")  # None -> NaN
+            elif dtype == "datetime":
+                data[name] = pd.Series(values, dtype="datetime64[ns]")
+            else:
+                data[name] = pd.Series(values, dtype=object)
+        return pd.DataFrame(data, columns=columns)
 
     @property
     def example(self) -> dict[str, Any]:
         return dict(self.model.model_config.get("json_schema_extra", {})["examples"][0])
 
+    def probe_rows(self) -> list[tuple[Any, ...]]:
+        """Rows a model must score before it may serve: the example (its categories are
+        ones nobody trained on) and, when some inputs are nullable, the example with
+        those inputs null."""
+        _, values = self.values(self.model.model_validate(self.example))
+        rows = [values]
+        if self.nullable:
+            rows.append(tuple(
+                None if name in self.nullable else value
+                for name, value in zip(self.inputs, values, strict=True)
+            ))
+        return rows
 
-def record_schema(contract: Contract) -> RecordSchema:
-    """Build the pydantic model of one record from the contract (id column + model inputs)."""
-    specs = {s.name: s for s in contract.specs}
-    id_column = contract.id_column
-    inputs = [name for name in contract.model_inputs if name != id_column]
-    columns = [id_column, *inputs]
+
+def record_schema(contract: Contract, inputs: Sequence[str]) -> RecordSchema:
+    """Build the pydantic model of one record: the contract's id column, if it declares
+    one, plus `inputs` (pass `Settings.model_inputs`), each with its contract rule.
+
+    The id field is required when the id spec is `required: true`, optional when it is
+    `required: false`, and absent when the contract declares no id column.
+    """
+    specs = contract.by_name
+    unknown = [name for name in inputs if name not in specs]
+    if unknown:
+        raise ValueError(f"model inputs {unknown} are not columns of the contract")
+    id_column = contract.declared_id
+    inputs = [name for name in inputs if name != id_column]
     fields: dict[str, Any] = {}
     attributes: dict[str, str] = {}
     example: dict[str, Any] = {}
-    for index, name in enumerate(columns):
-        attribute = f"c{index}"
+    id_optional = False
+    if id_column is not None:
+        id_optional = not specs[id_column].required
+        attributes[id_column] = "c0"
+        fields["c0"] = _field(specs[id_column], is_id=True, optional=id_optional)
+        example[id_column] = _example_value(specs[id_column])
+    for name in inputs:
+        attribute = f"c{len(attributes)}"
         attributes[name] = attribute
-        fields[attribute] = _field(specs[name], is_id=name == id_column)
+        fields[attribute] = _field(specs[name])
         example[name] = _example_value(specs[name])
     config = ConfigDict(
         extra="forbid",
@@ -161,17 +363,25 @@ def record_schema(contract: Contract) -> RecordSchema:
         json_schema_extra={"examples": [example]},
     )
     model = create_model("Record", __config__=config, **fields)
+    said = {
+        None: "The contract declares no id column: each record's id is derived from its "
+              "content. ",
+        True: f"The id ({id_column}) may be left out: it is then derived from the record's "
+              "content. ",
+        False: "",
+    }[None if id_column is None else id_optional]
     model.__doc__ = (
-        "One record to score: the contract's id column and the model inputs, each with "
-        "the type and range of the data contract."
+        "One record to score: the model inputs, each with the type and rule of the data "
+        f"contract, and the contract's id column. {said}".strip()
     )
+    dtypes = tuple(specs[name].dtype for name in inputs)
     numeric = all(
-        specs[n].dtype in ("float", "int") and not (specs[n].nullable or specs[n].allowed)
-        for n in inputs
+        specs[name].dtype in NUMERIC and not specs[name].nullable for name in inputs
     )
     return RecordSchema(
-        model=model, id_column=id_column, inputs=tuple(inputs), attributes=attributes,
-        numeric=numeric,
+        model=model, id_column=id_column, inputs=tuple(inputs), dtypes=dtypes,
+        attributes=attributes, numeric=numeric, id_optional=id_optional,
+        nullable=tuple(name for name in inputs if specs[name].nullable),
     )
 
 
@@ -203,7 +413,10 @@ class ScoreResult(_Out):
     """The answer for one record; `score_id` finds it again in the store."""
 
     score_id: str = Field(description="Id of the stored score: use it for labels and audit.")
-    record_id: str = Field(description="The record id as sent.")
+    record_id: str = Field(
+        description="The record id as sent or, for a record without one, the id derived "
+                    "from its content (use it for labels by record_id)."
+    )
     score: float = Field(ge=0, le=1, description="Probability of the positive class.")
     decision: Literal[0, 1] = Field(description="1 when score >= threshold.")
     threshold: float
@@ -220,6 +433,41 @@ def _label_key(value: Any) -> str:
     return BY_SCORE_TAG if isinstance(value, dict) and "score_id" in value else BY_RECORD_TAG
 
 
+def label_encoder(target: ColumnSpec) -> Callable[[Any], int]:
+    """A validated label -> 1 when it is the target's positive class, else 0."""
+    positive = target.positive_class
+    try:
+        if target.dtype == "string":
+            positive = str(positive)  # as batch compares it (pipeline.contract.binary_target)
+        elif target.dtype == "bool":
+            positive = bool_parser(target)(positive)  # `positive: Y` names a token
+        elif target.dtype == "datetime" and isinstance(positive, str):
+            positive = datetime_parser(target)(positive)
+    except PydanticCustomError:
+        raise ValueError(
+            f"target {target.name!r}: positive {positive!r} is not a value of its dtype "
+            f"{target.dtype}"
+        ) from None
+
+    def encode(value: Any) -> int:
+        return int(value == positive)
+
+    return encode
+
+
+def label_type(target: ColumnSpec) -> Any:
+    """The label's type: the target's own values (its `allowed` ones when listed; for a
+    bool target true/false and its tokens), validated strictly, then encoded 1/0.
+
+    An int target takes its ints (0/1 by default), a string target its strings ("bad" /
+    "good"); anything else, or a value outside `allowed`, is a 422 naming the field.
+    """
+    value_type, rules = _value_type(target.model_copy(update={"nullable": False}))
+    if rules:
+        value_type = Annotated[value_type, Field(**rules)]
+    return Annotated[value_type, AfterValidator(label_encoder(target))]
+
+
 def label_request_model(contract: Contract, max_labels: int) -> type[BaseModel]:
     """The labels body: items named by score id or by record id, never both, never neither.
 
@@ -228,10 +476,11 @@ def label_request_model(contract: Contract, max_labels: int) -> type[BaseModel]:
     client generated from /openapi.json cannot build an item the server refuses). The
     label's type and allowed values come from the contract's target column.
     """
-    target = next(s for s in contract.specs if s.name == contract.target)
-    label_type = _annotation(target.model_copy(update={"nullable": False}))
-    rules: dict[str, Any] = {} if target.allowed else {"strict": True}
-    label = (label_type, Field(description=f"Ground truth ({target.name}).", **rules))
+    target = contract.target_spec
+    label = (label_type(target), Field(description=(
+        f"Ground truth ({target.name}), as the target's own value; stored as 1 when it is "
+        f"the positive class {target.positive_class!r}, else 0."
+    )))
     config = ConfigDict(extra="forbid", frozen=True)
     by_score = create_model(
         "LabelByScoreId",

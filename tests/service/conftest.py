@@ -84,6 +84,17 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def _merge(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    """`base` with `changes` laid over it: mappings merge key by key, the rest replaces."""
+    out = dict(base)
+    for key, value in changes.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
 def make_repo(
     folder: Path,
     *,
@@ -91,11 +102,21 @@ def make_repo(
     store_url: str,
     alias: str = "dev",
     privacy: dict[str, Any] | None = None,
+    params: dict[str, Any] | None = None,
 ) -> Path:
-    """A minimal repository: params.yaml naming `env`, and that environment's overlay."""
+    """A minimal repository: params.yaml naming `env`, and that environment's overlay.
+
+    `params` is laid over the repository's params.yaml (e.g. another contract).
+    """
     folder.mkdir(parents=True, exist_ok=True)
-    params = (MAIN_ROOT / "params.yaml").read_text()
-    (folder / "params.yaml").write_text(re.sub(r"(?m)^env:.*$", f"env: {env}", params, count=1))
+    text = (MAIN_ROOT / "params.yaml").read_text()
+    if params:
+        merged = _merge(yaml.safe_load(text), {**params, "env": env})
+        (folder / "params.yaml").write_text(yaml.safe_dump(merged, sort_keys=False))
+    else:
+        (folder / "params.yaml").write_text(
+            re.sub(r"(?m)^env:.*$", f"env: {env}", text, count=1)
+        )
     template = MAIN_ROOT / "environments" / TEMPLATE_ENV / "params.yaml"
     overlay = yaml.safe_load(template.read_text())
     overlay["store"] = {"url": store_url}
@@ -113,7 +134,7 @@ class Server:
     def __init__(
         self,
         root: Path,
-        registry: Registry,
+        registry: Registry | None,
         *,
         env_vars: dict[str, str] | None = None,
         model_uri: str | None = None,
@@ -123,7 +144,9 @@ class Server:
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = root / "server.log"
         env = {k: v for k, v in os.environ.items() if not k.startswith(("CRISPML_", "MLFLOW_"))}
-        env.update({"MLFLOW_TRACKING_URI": registry.tracking_uri, **(env_vars or {})})
+        if registry is not None:  # None: a local model folder, no registry at all
+            env["MLFLOW_TRACKING_URI"] = registry.tracking_uri
+        env.update(env_vars or {})
         self.env = env
         self.command = [
             sys.executable, "-m", "pipeline.cli", "serve",

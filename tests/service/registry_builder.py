@@ -3,8 +3,9 @@
 Run as a script in its own process (`python registry_builder.py <folder>`), so that
 MLflow's global state (tracking URI, active runs) never leaks into the pytest process.
 
-It uses the project's own pieces - the generator, the contract, the feature
-transformer, `fit_model`-style Pipelines, skops trusted types, `move_alias` - and
+It uses the project's own pieces - the generator, the contract, the feature plan
+and transformer (`pipeline.features`), `fit_model`-style Pipelines, skops trusted
+types, `move_alias` - and
 registers the versions with the tags `crispml register` sets (threshold, git_commit,
 run_id, pr_auc). Version 1 holds the aliases; version 2 waits for a promotion test.
 It writes `registry.json` (what was built) and `records.json` (records to score, with
@@ -32,12 +33,13 @@ def build(folder: Path) -> dict:
 
     from pipeline import registry
     from pipeline.config import Generator, load_settings
-    from pipeline.curate import fit_features
+    from pipeline.features import build_features, plan_features
     from pipeline.generator import generate
     from pipeline.train import make_estimator, trusted_types
 
     settings = load_settings(MAIN_ROOT)
     contract = settings.contract
+    inputs = settings.model_inputs
     uri = f"sqlite:///{folder / 'mlflow.db'}"
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
@@ -51,13 +53,14 @@ def build(folder: Path) -> dict:
     name = settings.registration.model_name
     versions = []
     for spec in VERSIONS:
-        features = fit_features(train, settings)
+        plan = plan_features(settings, train)
+        features = build_features(plan, "logistic_regression").fit(train[inputs])
         estimator = make_estimator("logistic_regression", {"C": spec["C"], "max_iter": 500}, 0)
-        estimator.fit(features.transform(train[contract.model_inputs]), train[contract.target])
+        estimator.fit(features.transform(train[inputs]), train[contract.target])
         model = Pipeline([("features", features), ("model", estimator)])
         pr_auc = float(
             average_precision_score(
-                later[contract.target], model.predict_proba(later[contract.model_inputs])[:, 1]
+                later[contract.target], model.predict_proba(later[inputs])[:, 1]
             )
         )
         with mlflow.start_run(experiment_id=experiment) as run:
@@ -65,7 +68,7 @@ def build(folder: Path) -> dict:
                 model,
                 name="model",
                 registered_model_name=name,
-                input_example=train[contract.model_inputs].head(2),
+                input_example=train[inputs].head(2),
                 pyfunc_predict_fn="predict_proba",
                 skops_trusted_types=trusted_types(model),
                 # Named, so MLflow does not spend seconds inferring them in a subprocess.
@@ -83,8 +86,8 @@ def build(folder: Path) -> dict:
         versions.append({"version": version, "run_id": run.info.run_id, **spec})
     for alias in ALIASES:
         registry.move_alias(client, name, alias, versions[0]["version"], reason="service tests")
-    id_column = contract.id_column  # Contract properties recompute the specs on each access
-    columns = [id_column, *contract.model_inputs]
+    id_column = contract.id_column
+    columns = [id_column, *inputs]
     records = [
         {"record": {k: (str(v) if k == id_column else float(v)) for k, v in row.items()},
          "label": int(label)}

@@ -8,7 +8,7 @@ import math
 import pytest
 from pydantic import TypeAdapter, ValidationError
 
-from pipeline.config import Contract, load_settings
+from pipeline.config import Contract, Settings, load_settings
 from pipeline.service.contract import (
     RECORD_ID_MAX_LENGTH,
     label_request_model,
@@ -21,13 +21,18 @@ from .conftest import MAIN_ROOT
 
 
 @pytest.fixture(scope="module")
-def contract() -> Contract:
-    return load_settings(MAIN_ROOT).contract
+def settings() -> Settings:
+    return load_settings(MAIN_ROOT)
 
 
 @pytest.fixture(scope="module")
-def schema(contract: Contract):
-    return record_schema(contract)
+def contract(settings: Settings) -> Contract:
+    return settings.contract
+
+
+@pytest.fixture(scope="module")
+def schema(settings: Settings):
+    return record_schema(settings.contract, settings.model_inputs)
 
 
 def _errors(model, data) -> list[dict]:
@@ -36,18 +41,25 @@ def _errors(model, data) -> list[dict]:
     return field_errors(caught.value.errors())
 
 
-def test_every_contract_input_is_a_documented_field_with_its_range(contract, schema) -> None:
-    properties = schema.model.model_json_schema()["properties"]
-    expected = [contract.id_column, *contract.model_inputs]
+def test_every_contract_input_is_a_documented_field_with_its_range(settings, schema) -> None:
+    contract = settings.contract
+    json_schema = schema.model.model_json_schema()
+    properties = json_schema["properties"]
+    expected = [contract.declared_id, *settings.model_inputs]
     assert list(properties) == expected
-    specs = {s.name: s for s in contract.specs}
-    for name in contract.model_inputs:
-        spec = specs[name]
+    assert schema.inputs == tuple(settings.model_inputs)
+    for name in settings.model_inputs:
+        spec = contract.by_name[name]
         assert properties[name]["type"] == "number"
         assert properties[name].get("minimum") == spec.min
         assert properties[name].get("maximum") == spec.max
-    assert properties[contract.id_column]["maxLength"] == RECORD_ID_MAX_LENGTH
-    assert schema.model.model_json_schema()["additionalProperties"] is False
+    # The fraud contract's id is `required: false`: it may be left out (or null).
+    assert not contract.by_name[contract.declared_id].required
+    assert contract.declared_id not in json_schema["required"]
+    assert json_schema["required"] == list(settings.model_inputs)
+    id_types = properties[contract.declared_id]["anyOf"]
+    assert {"type": "string", "minLength": 1, "maxLength": RECORD_ID_MAX_LENGTH} in id_types
+    assert json_schema["additionalProperties"] is False
 
 
 def test_example_record_is_valid(schema) -> None:
@@ -55,6 +67,8 @@ def test_example_record_is_valid(schema) -> None:
     record = schema.model.model_validate(schema.example)
     record_id, values = schema.values(record)
     assert record_id == schema.example[schema.id_column]
+    without_id = {k: v for k, v in schema.example.items() if k != schema.id_column}
+    assert schema.values(schema.model.model_validate(without_id)) == (None, values)
     assert values == tuple(schema.example[name] for name in schema.inputs)
 
 
@@ -66,7 +80,7 @@ def test_example_record_is_valid(schema) -> None:
         ({"V1": None}, "V1", "float_type"),
         ({"V1": math.nan}, "V1", "finite_number"),
         ({"V1": math.inf}, "V1", "finite_number"),
-        ({"V1": 100.5}, "V1", "less_than_equal"),
+        ({"V1": 250.5}, "V1", "less_than_equal"),
         ({"Amount": -0.01}, "Amount", "greater_than_equal"),
         ({"Time": 172_801}, "Time", "less_than_equal"),
         ({"colour": "red"}, "colour", "extra_forbidden"),

@@ -32,6 +32,7 @@ import httpx
 import pytest
 
 from .conftest import TOKEN, Registry, Server, make_repo
+from .general_case import MODEL_DIR, build_model, make_general_repo, server_pythonpath
 
 pytestmark = pytest.mark.slow
 
@@ -58,16 +59,9 @@ def _schemathesis() -> list[str]:
     return [which]
 
 
-def test_fuzzing_the_openapi_schema_finds_no_5xx_and_no_schema_violation(
-    model_registry: Registry, tmp_path: Path
-) -> None:
-    root = make_repo(tmp_path / "repo", env="svcfuzz", store_url=f"sqlite:///{tmp_path / 's.db'}")
+def _fuzz(server: Server, tmp_path: Path) -> None:
     config = tmp_path / "schemathesis.toml"
     config.write_text(CONFIG)
-    server = Server(root, model_registry, env_vars={
-        "CRISPML_API_TOKEN": TOKEN, "CRISPML_SERVICE_RELOAD_INTERVAL": "0",
-        "CRISPML_SERVICE_MAX_BATCH": "5", "CRISPML_SERVICE_MAX_BODY_BYTES": "65536",
-    })
     try:
         server.start().wait_ready()
         paths = httpx.get(f"{server.url}/openapi.json").json()["paths"]
@@ -91,3 +85,23 @@ def test_fuzzing_the_openapi_schema_finds_no_5xx_and_no_schema_violation(
     assert f"{operations} selected / {operations} total" in run.stdout, output
     assert operations >= 8
     assert "unexpected error" not in server.log(), server.log()
+
+
+LIMITS = {
+    "CRISPML_API_TOKEN": TOKEN, "CRISPML_SERVICE_RELOAD_INTERVAL": "0",
+    "CRISPML_SERVICE_MAX_BATCH": "5", "CRISPML_SERVICE_MAX_BODY_BYTES": "65536",
+}
+
+
+def test_fuzzing_the_openapi_schema_finds_no_5xx_and_no_schema_violation(
+    model_registry: Registry, tmp_path: Path
+) -> None:
+    root = make_repo(tmp_path / "repo", env="svcfuzz", store_url=f"sqlite:///{tmp_path / 's.db'}")
+    _fuzz(Server(root, model_registry, env_vars=LIMITS), tmp_path)
+
+
+def test_fuzzing_a_general_contract_finds_no_5xx_and_no_schema_violation(tmp_path: Path) -> None:
+    """Categories, bool tokens, nulls, datetimes, no id, a word target: the same bar."""
+    root = make_general_repo(tmp_path, build_model(), env="svcfuzzgeneral")
+    env_vars = {**LIMITS, "PYTHONPATH": server_pythonpath()}
+    _fuzz(Server(root, None, model_uri=MODEL_DIR, env_vars=env_vars), tmp_path)

@@ -120,6 +120,23 @@ def test_a_batch_gets_one_result_per_record_in_order(api: Running, model_registr
     assert api.count() == before + 2 * MAX_BATCH
 
 
+def test_a_record_without_its_optional_id_gets_a_derived_one(api: Running, model_registry) -> None:
+    """The fraud contract's transaction_id is `required: false`: it may be left out."""
+    record = {k: v for k, v in sample_records(model_registry, 1, start=60)[0].items()
+              if k != "transaction_id"}
+    with api.server.client() as client:
+        single = client.post("/v1/score", json=record)
+        assert single.status_code == 200, single.text
+        batch = client.post("/v1/score", json=[record, {**record, "transaction_id": None},
+                                               {**record, "transaction_id": "given"}])
+        assert batch.status_code == 200, batch.text
+    derived = single.json()["record_id"]
+    assert derived.startswith("r-") and len(derived) == 34
+    ids = [r["record_id"] for r in batch.json()]
+    assert ids[0] == derived and ids[1] != derived and ids[1].startswith("r-")
+    assert ids[2] == "given"
+
+
 def test_unknown_score_is_404(api: Running) -> None:
     with api.server.client() as client:
         answer = client.get("/v1/scores/does-not-exist")
@@ -267,7 +284,7 @@ BAD_INPUTS = {
     "missing field": (lambda r: {k: v for k, v in r.items() if k != "V3"}, "V3", "missing"),
     "wrong type": (lambda r: {**r, "V1": "1.5"}, "V1", "float_type"),
     "boolean for a number": (lambda r: {**r, "Amount": True}, "Amount", "float_type"),
-    "above max": (lambda r: {**r, "V4": 100.5}, "V4", "less_than_equal"),
+    "above max": (lambda r: {**r, "V4": 250.5}, "V4", "less_than_equal"),
     "below min": (lambda r: {**r, "Amount": -1}, "Amount", "greater_than_equal"),
     "unknown field": (lambda r: {**r, "colour": "red"}, "colour", "extra_forbidden"),
     "id too long": (lambda r: {**r, "transaction_id": "x" * 129}, "transaction_id",
@@ -378,7 +395,7 @@ def test_health_readiness_docs_and_metrics(api: Running, model_registry) -> None
         client.post("/v1/score", json=sample_records(model_registry, 1)[0])
         schema = client.get("/openapi.json").json()
         record = schema["components"]["schemas"]["Record"]
-        assert record["properties"]["V14"]["minimum"] == -100
+        assert record["properties"]["V14"]["minimum"] == -250
         assert record["additionalProperties"] is False
         assert "Swagger" in client.get("/docs").text
         metrics = client.get("/metrics").text

@@ -71,6 +71,10 @@ class _Echo:
         return np.column_stack([1 - first, first])
 
 
+def _frame(rows) -> pd.DataFrame:
+    return pd.DataFrame(np.asarray(rows, dtype="float64"), columns=["a", "b"])
+
+
 def _serving(version: str, model: _Echo) -> ServingModel:
     return ServingModel(model=model, name="m", version=version, run_id="r",
                         threshold=0.5, git_commit="c", uri="u", loaded_at=utcnow())
@@ -81,10 +85,31 @@ def test_batched_prediction_keeps_each_request_with_its_own_model_and_order() ->
     old, new = _serving("1", old_model), _serving("2", new_model)
     jobs = [_ScoreJob(old, [(0.1, 0), (0.2, 0)]), _ScoreJob(new, [(0.3, 0)]),
             _ScoreJob(old, [(0.4, 0)])]
-    out = predict_jobs(jobs, ["a", "b"])
+    out = predict_jobs(jobs, _frame)
     assert [list(o) for o in out] == [[0.1, 0.2], [0.3], [0.4]]
     # One call per model version, not per request; a reload mid-batch mixes nothing.
     assert (old_model.calls, new_model.calls) == ([3], [1])
+
+
+class _Picky(_Echo):
+    """Breaks on any batch holding a row whose second value is negative."""
+
+    def predict_proba(self, frame: pd.DataFrame) -> np.ndarray:
+        if (frame["b"] < 0).any():
+            raise ValueError("found unknown categories ['never-seen'] in column 1")
+        return super().predict_proba(frame)
+
+
+def test_a_row_the_model_cannot_score_fails_only_its_own_request() -> None:
+    model = _Picky()
+    serving = _serving("1", model)
+    jobs = [_ScoreJob(serving, [(0.1, 0)]), _ScoreJob(serving, [(0.2, -1), (0.3, 0)]),
+            _ScoreJob(serving, [(0.4, 0)])]
+    out = predict_jobs(jobs, _frame)
+    assert [list(o) for o in (out[0], out[2])] == [[0.1], [0.4]]
+    assert isinstance(out[1], ValueError) and "unknown categories" in str(out[1])
+    # The shared call failed, then each request was scored alone.
+    assert model.calls == [1, 1]
 
 
 def test_unexpected_errors_answer_500_without_a_trace(tmp_path: Path) -> None:

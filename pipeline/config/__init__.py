@@ -1,0 +1,113 @@
+"""Typed configuration, split by concern.
+
+* `contract`    - the data contract's schema (columns, roles, types, rules);
+* `params`      - the rest of `params.yaml`: what is promoted as code;
+* `environment` - `environments/<env>/params.yaml`: what differs per environment;
+* `loader`      - reads both files into one `Settings` (the only YAML reader).
+
+Everything is re-exported here, so `from pipeline.config import Settings` works.
+"""
+
+from pipeline.config.contract import (
+    DERIVED_ID,
+    FRAME,
+    NUMERIC,
+    ColumnRule,
+    ColumnSpec,
+    Contract,
+    DType,
+    Role,
+)
+from pipeline.config.environment import (
+    Data,
+    Environment,
+    FileSource,
+    Gates,
+    Generalise,
+    GeneratorSource,
+    Privacy,
+    RegisterGate,
+    Registry,
+    SqlSource,
+    Store,
+    VerifyGate,
+)
+from pipeline.config.loader import (
+    ENV_MLFLOW_URI,
+    ENV_PARAMS_FILE,
+    ENV_STORE_URL,
+    ENVIRONMENTS_DIR,
+    PARAMS_FILE,
+    Settings,
+    environment_path,
+    find_root,
+    load_settings,
+    read_yaml,
+    resolve_sqlite_url,
+)
+from pipeline.config.params import (
+    Cost,
+    Curate,
+    FeatureOptions,
+    Frames,
+    Generator,
+    Label,
+    LabelSource,
+    Prepare,
+    Register,
+    Report,
+    Score,
+    Slice,
+    Split,
+    Train,
+    Verify,
+)
+
+__all__ = [
+    "DERIVED_ID",
+    "ENVIRONMENTS_DIR",
+    "ENV_MLFLOW_URI",
+    "ENV_PARAMS_FILE",
+    "ENV_STORE_URL",
+    "FRAME",
+    "NUMERIC",
+    "PARAMS_FILE",
+    "ColumnRule",
+    "ColumnSpec",
+    "Contract",
+    "Cost",
+    "Curate",
+    "DType",
+    "Data",
+    "Environment",
+    "FeatureOptions",
+    "FileSource",
+    "Frames",
+    "Gates",
+    "Generalise",
+    "Generator",
+    "GeneratorSource",
+    "Label",
+    "LabelSource",
+    "Prepare",
+    "Privacy",
+    "Register",
+    "RegisterGate",
+    "Registry",
+    "Report",
+    "Role",
+    "Score",
+    "Settings",
+    "Slice",
+    "Split",
+    "SqlSource",
+    "Store",
+    "Train",
+    "Verify",
+    "VerifyGate",
+    "environment_path",
+    "find_root",
+    "load_settings",
+    "read_yaml",
+    "resolve_sqlite_url",
+]

@@ -1,0 +1,165 @@
+"""The keys of `params.yaml` other than the contract: what is promoted as code.
+
+Frames, sampling of the demo generator, cleaning, features, the algorithm and its
+hyperparameters, costs, slices. Every key has a type and most have a default, so a
+typo fails at load time with the key named.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from pipeline.config.contract import Strict
+
+
+class Frames(Strict):
+    """How the source is cut into time frames ("days" in the original CrispML).
+
+    `by: width` cuts the time range into equal-width windows, `by: count` into windows
+    of equal row count (quantiles, for sparse data), `by: period` into calendar periods
+    of a datetime time column. Without a time column frames follow the source's row
+    order, in windows of equal row count.
+    """
+
+    count: int = Field(12, ge=2)
+    by: Literal["width", "count", "period"] = "width"
+    period: Literal["day", "week", "month"] | None = None
+    train: list[int]
+    score: list[int]
+
+    @model_validator(mode="after")
+    def _frames_in_range(self) -> Frames:
+        if (self.by == "period") != (self.period is not None):
+            raise ValueError("frames.period is required with frames.by 'period' and only then")
+        for key in ("train", "score"):
+            for frame in getattr(self, key):
+                if not 1 <= frame <= self.count:
+                    raise ValueError(f"frames.{key} has frame {frame}, outside 1..{self.count}")
+        overlap = set(self.train) & set(self.score)
+        if overlap:
+            raise ValueError(f"frames {sorted(overlap)} are both trained on and scored")
+        return self
+
+
+class Drift(Strict):
+    """Synthetic drift, so that drift detection can be demonstrated and tested."""
+
+    start_frame: int | None = Field(None, ge=1)
+    columns: list[str] = Field(default_factory=list)
+    feature_shift: float = 0.0
+    amount_scale: float = 1.0
+    fraud_pattern_change: float = Field(0.0, ge=0.0, le=1.0)
+
+
+class Generator(Strict):
+    rows: int = Field(284_807, ge=1)
+    seed: int = 42
+    fraud_rate: float = Field(0.00172, gt=0.0, lt=0.5)
+    duration_seconds: float = Field(172_800.0, gt=0)
+    drift: Drift = Drift()
+
+
+class Prepare(Strict):
+    drop_duplicates: bool = True
+    # For columns the contract does not mark nullable. Nullable features keep their
+    # gaps: the model imputes them (or handles them natively).
+    missing: Literal["fail", "drop", "fill_median"] = "drop"
+
+
+class Split(Strict):
+    train: list[int]
+    valid: list[int]
+    test: list[int]
+
+    @model_validator(mode="after")
+    def _disjoint(self) -> Split:
+        parts = [set(self.train), set(self.valid), set(self.test)]
+        if any(not p for p in parts):
+            raise ValueError("curate.split needs at least one frame in each of train, valid, test")
+        if parts[0] & parts[1] or parts[0] & parts[2] or parts[1] & parts[2]:
+            raise ValueError("curate.split train, valid and test frames must not overlap")
+        return self
+
+
+class FeatureOptions(Strict):
+    """Per-column transforms. None is on by default: each needs the contract's support."""
+
+    # log1p of these numeric features; the contract must give them `min` >= 0.
+    log: list[str] = Field(default_factory=list)
+    # sin/cos of the time of day of this column: a datetime, or a number with
+    # `unit: seconds` in the contract. It becomes a model input.
+    time_of_day: str | None = None
+    # Standardise numeric inputs (logistic regression needs it; trees ignore it).
+    scale: bool = True
+
+
+class Curate(Strict):
+    split: Split
+    features: FeatureOptions = FeatureOptions()
+
+
+Algorithm = Literal["random_forest", "hist_gradient_boosting", "logistic_regression"]
+
+
+class Train(Strict):
+    algorithm: Algorithm
+    seed: int = 42
+    algorithms: dict[Algorithm, dict[str, Any]]
+
+    @property
+    def hyperparameters(self) -> dict[str, Any]:
+        return dict(self.algorithms.get(self.algorithm, {}))
+
+
+class Cost(Strict):
+    """What an error costs, in any one unit: the threshold minimises the total."""
+
+    false_negative: float = Field(gt=0)
+    false_positive: float = Field(ge=0)
+
+
+class Slice(Strict):
+    """Metrics per band of a numeric column (`edges`), or per value of any other column."""
+
+    column: str
+    edges: list[float] | None = None
+
+
+class Report(Strict):
+    precision_target: float = Field(0.9, gt=0, le=1)
+    cost: Cost
+    slices: list[Slice] = Field(default_factory=list)
+    calibration_bins: int = Field(10, ge=2)
+
+
+class Register(Strict):
+    model_name: str = Field(min_length=1)
+    experiment: str = "crispml"
+
+
+class Score(Strict):
+    chunk_rows: int = Field(50_000, ge=1)
+
+
+class LabelSource(Strict):
+    """Where ground truth comes from. `target` reads the source's own target column."""
+
+    kind: Literal["target", "file", "sql"] = "target"
+    path: str | None = None
+    url: str | None = None
+    url_env: str | None = None
+    query: str | None = None
+    id_column: str = "id"
+    label_column: str = "label"
+
+
+class Label(Strict):
+    source: LabelSource = LabelSource()
+
+
+class Verify(Strict):
+    drift_max_rows: int = Field(10_000, ge=100)
+    seed: int = 0
+    workers: int = Field(2, ge=1, le=32)
