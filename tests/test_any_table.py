@@ -242,3 +242,22 @@ def test_the_source_fingerprint_changes_exactly_when_the_data_does(project: Path
     table(seed=1).to_csv(project / "table.csv", index=False)
     assert _crispml("source", cwd=project).returncode == 0
     assert fingerprint.read_bytes() != before
+
+
+def test_dvc_repro_re_runs_ingest_when_the_source_file_changes(project: Path) -> None:
+    """Never "up to date" over changed data: the real dvc, on a CSV source."""
+
+    def repro() -> str:
+        result = subprocess.run(
+            ["dvc", "repro", "ingest"], cwd=project, capture_output=True, text=True
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+        return result.stdout
+
+    _use_table(project, table())
+    for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"]):
+        subprocess.run(cmd, cwd=project, check=True)
+    assert "Running stage 'ingest'" in repro()
+    assert "Running stage 'ingest'" not in repro()
+    table(seed=2).to_csv(project / "table.csv", index=False)
+    assert "Running stage 'ingest'" in repro()
