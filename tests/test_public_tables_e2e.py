@@ -28,9 +28,9 @@ pytestmark = pytest.mark.slow
 
 # (R package, table, target, algorithm, measured ROC-AUC on the test frame, floor)
 TABLES = [
-    ("modeldata", "credit_data", "Status", "hist_gradient_boosting", 0.84, 0.78),
-    ("modeldata", "lending_club", "Class", "hist_gradient_boosting", 0.66, 0.58),
-    ("ISLR", "Default", "default", "logistic_regression", 0.95, 0.92),
+    ("modeldata", "credit_data", "Status", "hist_gradient_boosting", 0.847, 0.78),
+    ("modeldata", "lending_club", "Class", "hist_gradient_boosting", 0.660, 0.58),
+    ("ISLR", "Default", "default", "logistic_regression", 0.957, 0.92),
 ]
 REAL_DATA = PROJECT.parent / "shared" / "data" / "creditcard.parquet"
 # A direct identifier planted in one table: it must never reach data/prepared or the store.
