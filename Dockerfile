@@ -1,6 +1,16 @@
-# CrispML scoring service: `crispml serve` on port 8000, as a non-root user.
+# CrispML images, from one pinned base:
+#
+# * the scoring service (the default, last stage): `crispml serve` on port 8000, as a
+#   non-root user;
+# * `--target ci`: the image the CI jobs run in (.gitlab-ci.yml, CRISPML_CI_IMAGE): the
+#   package with every dependency (postgres and dev extras), git for DVC, so that no job
+#   pays an 11-minute `pip install`. The jobs still run the commit's own code (they put
+#   the checkout first on PYTHONPATH). Its tag is the hash of this file and
+#   pyproject.toml (tests/gitops/test_gitops_ci_file.py checks it), so a dependency
+#   change gets a new image by construction.
 #
 #   docker build -t crispml-service .
+#   docker build --target ci -t crispml-ci .
 #   docker run -p 8000:8000 \
 #     -e MLFLOW_TRACKING_URI=... -e CRISPML_STORE_URL=postgresql+psycopg://... \
 #     -e CRISPML_API_TOKEN=... -e CRISPML_ENV=dev crispml-service
@@ -11,7 +21,9 @@
 # only fit for a single throwaway container.
 
 # ---------------------------------------------------------------- build: a venv with the package
-FROM python:3.11-slim AS build
+# The base, pinned to a patch release (bump deliberately; rebuilds both images).
+ARG PYTHON_IMAGE=python:3.11.13-slim-bookworm
+FROM ${PYTHON_IMAGE} AS build
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/venv
@@ -23,8 +35,24 @@ COPY pipeline ./pipeline
 # A regular (not editable) install: the image needs no source tree to run.
 RUN pip install ".[postgres]" && pip check
 
-# ---------------------------------------------------------------- runtime
-FROM python:3.11-slim
+# ---------------------------------------------------------------- ci: the CI jobs' image
+FROM ${PYTHON_IMAGE} AS ci
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PYTHONUNBUFFERED=1 \
+    MPLCONFIGDIR=/tmp/matplotlib
+# git: DVC and the lineage facts read the repository; the rest is the package's own.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends git \
+ && rm -rf /var/lib/apt/lists/*
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY pipeline ./pipeline
+RUN pip install ".[postgres,dev]" && pip check && crispml --version
+WORKDIR /
+
+# ---------------------------------------------------------------- runtime (the default target)
+FROM ${PYTHON_IMAGE}
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \

@@ -64,7 +64,38 @@ def stage(name: str | Callable[..., str]) -> Callable:
     return decorate
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+# Commands outside the nine steps, by the module that adds them (`add_commands(cli)`).
+# They load on first use: a stage then imports only its own code, so its DVC deps (the
+# import closure, checked by tests/test_dvc_deps.py) do not grow with every operation.
+LAZY_COMMANDS = {
+    "alias": "pipeline.gitops.commands",  # alias promote|history|rollback
+    "mr-report": "pipeline.gitops.commands",
+    "ci": "pipeline.gitops.commands",  # ci setup|local|continuous-training
+    "contract": "pipeline.contract_inference",  # contract infer
+    "shadow": "pipeline.shadow",  # shadow report|promote
+    "replay": "pipeline.replay",
+}
+
+
+class LazyGroup(click.Group):
+    """A click group whose operations commands are imported only when asked for."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *LAZY_COMMANDS})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in LAZY_COMMANDS:
+            import importlib
+
+            module = importlib.import_module(LAZY_COMMANDS[cmd_name])
+            scratch = click.Group()
+            module.add_commands(scratch)
+            for name, command in scratch.commands.items():
+                self.commands.setdefault(name, command)
+        return super().get_command(ctx, cmd_name)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="crispml")
 @click.option("-v", "--verbose", is_flag=True, help="Log at DEBUG level.")
 def cli(verbose: bool) -> None:
@@ -321,17 +352,6 @@ def serve(root: Path | None, host: str, port: int, model_uri: str | None) -> Non
         run(root, host, port, model_uri)
     except CrispError as error:
         _fail(error)
-
-
-# GitOps (pipeline/gitops.py): `alias promote|history|rollback`, `mr-report`, `ci ...`.
-from pipeline.gitops import add_commands  # noqa: E402
-
-add_commands(cli)
-
-# `contract infer` (pipeline/contract_inference.py): draft the contract of a table.
-from pipeline.contract_inference import add_commands as add_contract_commands  # noqa: E402
-
-add_contract_commands(cli)
 
 
 def main() -> None:

@@ -20,15 +20,39 @@ from pipeline.features import FeaturePlan, plan_features
 SPLITS = ("train", "valid", "test")
 
 
-def split_by_frame(data: pd.DataFrame, settings: Settings) -> dict[str, pd.DataFrame]:
-    """Train, valid and test sets, each holding only the frames params assign to it."""
+def widen_validation(
+    positives_per_frame: dict[int, int], train: list[int], valid: list[int], minimum: int
+) -> tuple[list[int], list[int]]:
+    """Move the newest training frames into validation until it holds `minimum` positives.
+
+    A cost-optimal threshold picked on 20 positives moves with every one of them. Taking
+    the frames just before validation keeps validation later than training, and one
+    training frame always stays, so a small table still trains (with a warning upstream).
+    """
+    train, valid = sorted(train), sorted(valid)
+    while sum(positives_per_frame.get(n, 0) for n in valid) < minimum and len(train) > 1:
+        valid = sorted([train.pop(), *valid])
+    return train, valid
+
+
+def split_frames(data: pd.DataFrame, settings: Settings) -> dict[str, list[int]]:
+    """Which frames each split gets: params' split, with validation widened when needed."""
     split = settings.curate.split
-    parts = {
-        name: data[data[FRAME].isin(getattr(split, name))].reset_index(drop=True) for name in SPLITS
-    }
+    target = settings.contract.target
+    positives = data.groupby(FRAME)[target].sum().astype(int).to_dict()
+    train, valid = widen_validation(
+        positives, list(split.train), list(split.valid), settings.curate.min_valid_positives
+    )
+    return {"train": train, "valid": valid, "test": list(split.test)}
+
+
+def split_by_frame(data: pd.DataFrame, settings: Settings) -> dict[str, pd.DataFrame]:
+    """Train, valid and test sets, each holding only the frames assigned to it."""
+    assigned = split_frames(data, settings)
+    parts = {name: data[data[FRAME].isin(assigned[name])].reset_index(drop=True) for name in SPLITS}
     target = settings.contract.target
     for name, part in parts.items():
-        frames = getattr(split, name)
+        frames = assigned[name]
         if part.empty:
             raise DataError(
                 FRAME, f"curate.split.{name} has rows", frames, "no rows in those frames"
@@ -53,11 +77,18 @@ def run(settings: Settings) -> dict:
         ignore_index=True,
     )
     parts, plan = curate(data, settings)
+    summary = {
+        name: {
+            "frames": sorted(int(n) for n in p[FRAME].unique()),
+            "rows": len(p),
+            "positives": int(p[settings.contract.target].sum()),
+        }
+        for name, p in parts.items()
+    }
     with atomic_dir(layout.curated) as tmp:
         for name, part in parts.items():
             part.to_parquet(tmp / f"{name}.parquet", index=False)
+        # Report and register read which frames each split really got from here.
+        write_json(tmp / "split.json", summary)
     write_json(layout.features, plan.as_dict())
-    return {
-        name: {"rows": len(p), "positives": int(p[settings.contract.target].sum())}
-        for name, p in parts.items()
-    }
+    return summary

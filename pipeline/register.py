@@ -14,6 +14,10 @@ from __future__ import annotations
 import os
 from dataclasses import asdict, dataclass, field
 
+import numpy as np
+
+from pipeline.evidence import FAILED, INSUFFICIENT, PASSED, Comparison
+
 DEFER_ALIAS_ENV = "CRISPML_DEFER_ALIAS"
 
 
@@ -24,47 +28,70 @@ class GateVerdict:
     candidate_pr_auc: float | None = None
     champion_pr_auc: float | None = None
     champion_version: str | None = None
+    # passed | failed | insufficient_evidence: the third is never a silent pass.
+    verdict: str = "passed"
+    positives: int | None = None
+    comparison: dict | None = None
 
     def as_dict(self) -> dict:
-        return {**asdict(self), "verdict": "passed" if self.passed else "failed"}
+        return asdict(self)
 
 
 def evaluate_gate(
     candidate_pr_auc: float,
     min_pr_auc: float | None,
-    max_pr_auc_drop: float,
-    champion_pr_auc: float | None = None,
-    champion_version: str | None = None,
     *,
+    comparison: Comparison | None = None,
+    champion_version: str | None = None,
     candidate_roc_auc: float | None = None,
     min_roc_auc: float | None = None,
     other_lineage: str | None = None,
+    positives: int | None = None,
+    min_positives: int = 1,
 ) -> GateVerdict:
-    """Pass when the candidate clears every floor and is no worse than the champion allows.
+    """Pass when the candidate clears every floor and is not worse than the champion.
 
-    `other_lineage` says the alias holder was trained on another contract: comparing
-    PR-AUCs across datasets means nothing, so the gate refuses and says why.
+    The champion check is `comparison`, a paired bootstrap on the same rows (see
+    pipeline.evidence): a point difference of a few hundredths on 40 positives is
+    noise, so only a difference beyond the margin at the stated confidence fails.
+    Floors are judged on the point estimate, and only when the gate rows hold
+    `min_positives` positives; below that the verdict is "insufficient_evidence",
+    which does not promote. `other_lineage` says the alias holder was trained on
+    another contract: comparing PR-AUCs across datasets means nothing, so the gate
+    refuses and says why.
     """
-    reasons = []
+    reasons: list[str] = []
+    insufficient = False
     if other_lineage:
         reasons.append(other_lineage)
-    if min_pr_auc is not None and not candidate_pr_auc >= min_pr_auc:  # also catches NaN
-        reasons.append(f"PR-AUC {candidate_pr_auc:.4f} is below the minimum {min_pr_auc:.4f}")
-    if min_roc_auc is not None and not (candidate_roc_auc or float("nan")) >= min_roc_auc:
-        reasons.append(f"ROC-AUC {candidate_roc_auc:.4f} is below the minimum {min_roc_auc:.4f}")
-    if champion_pr_auc is not None and not other_lineage:
-        drop = champion_pr_auc - candidate_pr_auc
-        if drop > max_pr_auc_drop:
+    if positives is not None and positives < min_positives:
+        insufficient = True
+        reasons.append(
+            f"not enough evidence: the gate frames hold {positives} positives, at least "
+            f"{min_positives} are needed (gates.evidence.min_positives)"
+        )
+    else:
+        if min_pr_auc is not None and not candidate_pr_auc >= min_pr_auc:  # also catches NaN
+            reasons.append(f"PR-AUC {candidate_pr_auc:.4f} is below the minimum {min_pr_auc:.4f}")
+        if min_roc_auc is not None and not (candidate_roc_auc or float("nan")) >= min_roc_auc:
             reasons.append(
-                f"PR-AUC {candidate_pr_auc:.4f} is {drop:.4f} below version {champion_version} "
-                f"({champion_pr_auc:.4f}); the allowed drop is {max_pr_auc_drop:.4f}"
+                f"ROC-AUC {candidate_roc_auc:.4f} is below the minimum {min_roc_auc:.4f}"
             )
+    if comparison is not None and not other_lineage:
+        if comparison.verdict == INSUFFICIENT:
+            insufficient = True
+        if not comparison.passed:
+            reasons.append(f"against version {champion_version}: {comparison.reason}")
+    verdict = PASSED if not reasons else INSUFFICIENT if insufficient else FAILED
     return GateVerdict(
         passed=not reasons,
         reasons=reasons,
         candidate_pr_auc=candidate_pr_auc,
-        champion_pr_auc=None if other_lineage else champion_pr_auc,
+        champion_pr_auc=None if other_lineage or comparison is None else comparison.champion_pr_auc,
         champion_version=champion_version,
+        verdict=verdict,
+        positives=positives,
+        comparison=None if other_lineage or comparison is None else comparison.as_dict(),
     )
 
 
@@ -114,74 +141,82 @@ def numeric_metrics(metrics: dict) -> dict[str, float]:
     return out
 
 
-def _champion_pr_auc(client, settings, champion, test) -> float | None:
-    """Re-score the test frame with the champion, so both models are judged on the same rows.
+def gate_rows(layout) -> tuple:
+    """The rows every model is judged on: the validation and test frames, together.
 
-    A stored metric from the champion's own run may come from other data; it is the
-    fallback only when the champion cannot score the current inputs (a changed contract).
+    Neither is seen by fitting (the threshold is picked on validation, but PR-AUC does
+    not depend on it), and together they hold twice the positives of the test frame
+    alone, which the bootstrap interval needs.
+    """
+    import pandas as pd
+
+    return pd.concat(
+        [pd.read_parquet(layout.curated / f"{name}.parquet") for name in ("valid", "test")],
+        ignore_index=True,
+    )
+
+
+def champion_scores(settings, version: str, rows) -> np.ndarray | None:
+    """The champion's scores on the gate rows, so both models are judged on the same rows.
+
+    None when the champion cannot score the current inputs (a changed contract with
+    the same columns' names): the gate then has no comparison and says so.
     """
     import mlflow.sklearn
-    from sklearn.metrics import average_precision_score
 
     from pipeline.train import predict_proba
 
-    contract = settings.contract
     try:
-        model = mlflow.sklearn.load_model(
-            f"models:/{settings.registration.model_name}/{champion.version}"
-        )
-        scores = predict_proba(model, test, settings.model_inputs)
-        return float(average_precision_score(test[contract.target].to_numpy(), scores))
-    except Exception:
-        recorded = champion.tags.get("pr_auc")
-        return float(recorded) if recorded else None
+        model = mlflow.sklearn.load_model(f"models:/{settings.registration.model_name}/{version}")
+        return predict_proba(model, rows, settings.model_inputs)
+    except Exception as exc:  # the reason goes into the gate verdict, not a traceback
+        import sys
+
+        print(f"warning: version {version} cannot score the gate rows: {exc}", file=sys.stderr)
+        return None
 
 
-def fall_back(
-    client, name: str, alias: str, fallback_alias: str, commit: str, move: bool = True
-) -> dict:
-    """Point `alias` at the version `fallback_alias` validated for this same commit, if any.
+def fall_back(client, settings, rows, lineage: dict[str, str], move: bool = True) -> dict:
+    """Point the alias at the model its fallback alias validated, when it is the same model
+    line and not worse than what serves now (pipeline.gitops.fallback.choose_fallback).
 
-    Only the same commit qualifies: a model validated for other code would put untested
-    code paths into production under a passing label.
+    "The same" is the same pipeline code, params, dvc.yaml and data (git hashes, recorded
+    as `lineage.*` tags at registration), not the same commit: a README-only commit keeps
+    the @qa model eligible, a code, params or data change does not. The fallback model is
+    then scored against the current holder on these gate rows (the register gate's paired
+    bootstrap and margin) and refused when worse beyond the margin. Returns
+    reports/registered.json's `fallback` (pipeline.registered.Fallback, as a dict).
     """
     import sys
 
     from pipeline import registry
+    from pipeline.gitops.fallback import choose_fallback
 
-    holder = registry.alias_holder(client, name, fallback_alias)
-    if holder is None or holder.tags.get("git_commit") != commit:
-        found = None if holder is None else holder.tags.get("git_commit")
-        message = (
-            f"@{alias}: own model failed its gate and @{fallback_alias} holds no model for commit "
-            f"{commit[:12]} (it holds {found and found[:12]}); @{alias} stays where it was"
+    name, alias = settings.registration.model_name, settings.alias
+    fallback_alias = settings.environment.registry.fallback_alias
+    decided = choose_fallback(client, settings, alias, fallback_alias, lineage, rows)
+    if not decided.used:
+        print(
+            f"warning: @{alias}: own model failed its gate; no fallback to @{fallback_alias}: "
+            f"{decided.reason}",
+            file=sys.stderr,
         )
-        print(f"warning: {message}", file=sys.stderr)
-        return {"used": False, "reason": message}
+        return decided.model_dump(mode="json")
     event = None
     if move:
-        event = registry.move_alias(
-            client,
-            name,
-            alias,
-            str(holder.version),
-            reason=(
-                f"fallback: own model failed its gate; serving the @{fallback_alias} model "
-                "of this commit"
-            ),
+        reason = (
+            f"fallback: own model failed its gate; serving the @{fallback_alias} model of the "
+            f"same code, params and data; {decided.reason}"
         )
+        event = registry.move_alias(client, name, alias, str(decided.version), reason=reason)
     print(
-        f"FALLBACK: @{alias} {'now serves' if move else 'is to serve'} version {holder.version}, "
-        f"validated in @{fallback_alias} for commit {commit[:12]}, because this environment's "
-        "own model failed its gate" + ("" if move else " (the promote job moves the alias)"),
+        f"FALLBACK: @{alias} {'now serves' if move else 'is to serve'} version "
+        f"{decided.version}, validated in @{fallback_alias} for the same code, params and data, "
+        f"because this environment's own model failed its gate; {decided.reason}"
+        + ("" if move else " (the promote job moves the alias)"),
         file=sys.stderr,
     )
-    return {
-        "used": True,
-        "version": str(holder.version),
-        "from_alias": fallback_alias,
-        "event": event,
-    }
+    return {**decided.model_dump(mode="json"), "event": event}
 
 
 def _log_params(params: dict[str, str]) -> None:
@@ -194,16 +229,20 @@ def _log_params(params: dict[str, str]) -> None:
 
 def run(settings) -> dict:
     """Entry point: log the run, register the version, apply the gate, maybe move the alias."""
+    import sys
+
     import mlflow
     import mlflow.sklearn
-    import pandas as pd
     from mlflow.models import Model
+    from sklearn.metrics import roc_auc_score
 
     from pipeline import registry, tracking
+    from pipeline.evidence import Evidence, compare_models, pr_auc
     from pipeline.io import read_json, write_json
     from pipeline.layout import Layout
     from pipeline.perf import read_perf
-    from pipeline.train import pip_requirements, trusted_types
+    from pipeline.registered import Registered
+    from pipeline.train import pip_requirements, predict_proba, trusted_types
 
     layout = Layout(settings.root)
     client = tracking.configure(settings)
@@ -213,7 +252,12 @@ def run(settings) -> dict:
     commit = tracking.git_commit(settings.root)
     gate_params = settings.environment.gates.registration
 
-    test = pd.read_parquet(layout.curated / "test.parquet")
+    rows = gate_rows(layout)
+    y = rows[settings.contract.target].to_numpy().astype(int)
+    model = mlflow.sklearn.load_model(str(layout.model))
+    candidate_scores = predict_proba(model, rows, settings.model_inputs)
+    evidence = Evidence(**settings.environment.gates.evidence.model_dump())
+    candidate_pr_auc = pr_auc(y, candidate_scores)
     saved = Model.load(str(layout.model))
     champion = registry.alias_holder(client, name, alias)
     other_lineage = None
@@ -227,28 +271,48 @@ def run(settings) -> dict:
             name,
             str(champion.version),
         )
-    champion_pr_auc = (
-        _champion_pr_auc(client, settings, champion, test)
-        if champion is not None and other_lineage is None
-        else None
-    )
+    comparison = None
+    if champion is not None and other_lineage is None:
+        held = champion_scores(settings, str(champion.version), rows)
+        if held is not None:
+            comparison = compare_models(
+                y,
+                candidate_scores,
+                held,
+                gate_params.max_pr_auc_drop,
+                evidence,
+                names=("candidate", f"version {champion.version}"),
+            )
     verdict = evaluate_gate(
-        metrics["pr_auc"],
+        candidate_pr_auc,
         gate_params.min_pr_auc,
-        gate_params.max_pr_auc_drop,
-        champion_pr_auc,
-        str(champion.version) if champion else None,
-        candidate_roc_auc=metrics.get("roc_auc"),
+        comparison=comparison,
+        champion_version=str(champion.version) if champion else None,
+        candidate_roc_auc=float(roc_auc_score(y, candidate_scores))
+        if 0 < y.sum() < len(y)
+        else None,
         min_roc_auc=gate_params.min_roc_auc,
         other_lineage=other_lineage,
+        positives=int(y.sum()),
+        min_positives=evidence.min_positives,
     )
-    if other_lineage:
-        import sys
-
-        print(f"register gate: {other_lineage}", file=sys.stderr)
-
-    model = mlflow.sklearn.load_model(str(layout.model))
+    print(
+        f"register gate: {verdict.verdict}; PR-AUC {candidate_pr_auc:.4f} on the validation and "
+        f"test frames ({int(y.sum())} positives)"
+        + "".join(f"\n  - {reason}" for reason in verdict.reasons)
+        + (f"\n  - {comparison.reason}" if comparison is not None and comparison.passed else ""),
+        file=sys.stderr,
+    )
     example = saved.load_input_example(str(layout.model))
+    # What this model is, beyond the commit: its artifact and its lineage (git hashes of
+    # code, params, dvc.yaml and data). An identical artifact already registered for this
+    # environment is reused rather than registered again (a re-run, a cache hit).
+    artifact = registry.artifact_hash(layout.model)
+    lineage = registry.lineage_keys(settings.root)
+    same = registry.versions_tagged(
+        client, name, **{registry.ARTIFACT_TAG: artifact, "environment": env}
+    )
+    reused = same[0] if same else None
     tags = {
         "git_commit": commit,
         "git_dirty": str(tracking.git_dirty(settings.root)),
@@ -275,17 +339,26 @@ def run(settings) -> dict:
         if layout.plots.is_dir():
             mlflow.log_artifacts(str(layout.plots), "reports/plots")
         mlflow.log_dict(verdict.as_dict(), "reports/gate.json")
-        info = mlflow.sklearn.log_model(
-            model,
-            name="model",
-            signature=saved.signature,
-            input_example=example,
-            registered_model_name=name,
-            pyfunc_predict_fn="predict_proba",
-            skops_trusted_types=trusted_types(model),
-            pip_requirements=pip_requirements(),
-        )
-        version = str(info.registered_model_version)
+        if reused is not None:
+            version = str(reused.version)
+            mlflow.set_tag("reused_version", version)
+            print(
+                f"register: the model artifact ({artifact[:12]}) is version {version}'s, "
+                f"registered for {env} before: reusing it instead of registering it again",
+                file=sys.stderr,
+            )
+        else:
+            info = mlflow.sklearn.log_model(
+                model,
+                name="model",
+                signature=saved.signature,
+                input_example=example,
+                registered_model_name=name,
+                pyfunc_predict_fn="predict_proba",
+                skops_trusted_types=trusted_types(model),
+                pip_requirements=pip_requirements(),
+            )
+            version = str(info.registered_model_version)
 
     version_tags = {
         "environment": env,
@@ -293,10 +366,16 @@ def run(settings) -> dict:
         "run_id": run_id,
         "threshold": repr(float(metrics["threshold"])),
         "pr_auc": repr(float(metrics["pr_auc"])),
+        "gate_pr_auc": repr(candidate_pr_auc),
         "algorithm": settings.train.algorithm,
-        f"gate.{env}": verdict.as_dict()["verdict"],
+        f"gate.{env}": verdict.verdict,
         f"gate.{env}.reasons": "; ".join(verdict.reasons) or "none",
+        registry.ARTIFACT_TAG: artifact,
+        **lineage,
     }
+    if reused is not None and "first_git_commit" not in reused.tags:
+        # The tags say what the version was last validated for; where it came from stays.
+        version_tags["first_git_commit"] = reused.tags.get("git_commit", "unknown")
     for key, value in version_tags.items():
         client.set_model_version_tag(name, version, key, value)
     defer = os.environ.get(DEFER_ALIAS_ENV) == "1"
@@ -307,8 +386,7 @@ def run(settings) -> dict:
             reason = f"gate passed in {env}"
             moved = registry.move_alias(client, name, alias, version, reason=reason)
     elif settings.environment.registry.fallback_alias and not other_lineage:
-        fallback_alias = settings.environment.registry.fallback_alias
-        fallback = fall_back(client, name, alias, fallback_alias, commit, move=not defer)
+        fallback = fall_back(client, settings, rows, lineage, move=not defer)
         moved = fallback.get("event")
         if fallback.get("used"):
             decided = str(fallback["version"])
@@ -338,9 +416,16 @@ def run(settings) -> dict:
             "threshold": float(serving.tags.get("threshold", metrics["threshold"])),
             "pr_auc": float(serving.tags["pr_auc"]) if "pr_auc" in serving.tags else None,
             "git_commit": serving.tags.get("git_commit", commit),
+            # Model age, for staleness in verify and the service: when it was registered.
+            "created_at": serving.creation_timestamp / 1000.0,
         },
         "tracking_uri": settings.tracking_uri.split("@")[-1],
+        # The holder the gate judged against: promote compares and sets on it.
+        "alias_seen": {"alias": alias, "version": str(champion.version) if champion else None},
+        "artifact_sha256": artifact,
+        "reused_version": reused is not None,
     }
+    receipt = Registered.parse(result, str(layout.registered))
     write_json(layout.gate, {"passed": verdict.passed, **verdict.as_dict(), "version": version})
-    write_json(layout.registered, result)
-    return result
+    receipt.write(layout.registered)
+    return receipt.as_dict()

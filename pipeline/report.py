@@ -17,7 +17,7 @@ from sklearn.metrics import (
     roc_curve,
 )
 
-from pipeline.config import Cost, Slice
+from pipeline.config import FRAME, Cost, Slice
 
 MAX_CURVE_POINTS = 400
 
@@ -202,6 +202,8 @@ def run(settings) -> dict:
     metrics["valid"] = classification_metrics(
         y_valid, s_valid, threshold, options.cost, options.precision_target
     )
+    metrics["valid"]["frames"] = sorted(int(n) for n in valid[FRAME].unique())
+    metrics["valid"]["positives"] = int(y_valid.sum())
     metrics["algorithm"] = settings.train.algorithm
     # Every figure is about this class of the target (scores are its probability).
     metrics["positive_class"] = str(contract.target_spec.positive_class)

@@ -9,12 +9,13 @@ run resumed after a crash) add nothing twice.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
-from pipeline.errors import GateFailed
+if TYPE_CHECKING:
+    from pipeline.registered import Registered, Serving
 
 
 def chunks(frame: pd.DataFrame, size: int) -> Iterator[pd.DataFrame]:
@@ -42,18 +43,9 @@ def score_rows(
     )
 
 
-def serving_model(registered: dict) -> dict:
+def serving_model(registered: Registered) -> Serving:
     """The model that may score: the alias holder. None holding it is a clear stop, not a guess."""
-    serving = registered.get("serving")
-    if not serving:
-        gate = registered.get("gate", {})
-        raise GateFailed(
-            "no model version that can score this data holds alias "
-            f"@{registered.get('alias')}: version {registered.get('candidate_version')} "
-            "was rejected "
-            f"({'; '.join(gate.get('reasons', []))})"
-        )
-    return serving
+    return registered.require_serving()
 
 
 def run(settings, frame: int) -> dict:
@@ -62,25 +54,26 @@ def run(settings, frame: int) -> dict:
     from tqdm import tqdm
 
     from pipeline import tracking
-    from pipeline.io import read_json, write_json, write_parquet
+    from pipeline.io import write_json, write_parquet
     from pipeline.layout import Layout
+    from pipeline.registered import Registered
     from pipeline.sources import describe
     from pipeline.store import ScoreStore, batch_score_id, utcnow
 
     layout = Layout(settings.root)
-    registered = read_json(layout.registered)
+    registered = Registered.load(layout.registered)
     serving = serving_model(registered)
-    name, version = registered["model_name"], str(serving["version"])
+    name, version = registered.model_name, serving.version
     tracking.configure(settings)
     model = mlflow.sklearn.load_model(f"models:/{name}/{version}")
     data = pd.read_parquet(layout.frame_file(layout.prepared, frame))
     contract, env = settings.contract, settings.env
     lineage = {
         "frame": frame,
-        "threshold": float(serving["threshold"]),
+        "threshold": serving.threshold,
         "model_name": name,
         "model_version": version,
-        "run_id": serving["run_id"],
+        "run_id": serving.run_id,
         "git_commit": tracking.git_commit(settings.root),
         "environment": env,
         "channel": "batch",

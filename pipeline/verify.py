@@ -13,38 +13,77 @@ import multiprocessing as mp
 from collections.abc import Iterator
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pandas as pd
 
 from pipeline.errors import GateFailed
+from pipeline.evidence import FAILED, INSUFFICIENT, PASSED, Estimate, Evidence, estimate
 
 
 @dataclass(frozen=True)
 class VerifyVerdict:
+    """`verdict` is passed, failed or insufficient_evidence; only failed fails the gate.
+
+    Too few labelled positives is not a failure (labels arrive late), but it is said,
+    with the count, so a green verify never hides that quality went unjudged.
+    """
+
     passed: bool
     reasons: list[str] = field(default_factory=list)
+    verdict: str = "passed"
 
 
 def evaluate_verify_gate(
     drift_share: float,
-    pr_auc: float | None,
+    realised: Estimate | None,
     expected_pr_auc: float | None,
     max_drift_share: float,
     max_pr_auc_drop: float,
+    *,
+    online: Estimate | None = None,
 ) -> VerifyVerdict:
-    """Fail on too many drifted columns, or on realised PR-AUC too far below the test figure."""
-    reasons = []
+    """Fail on too many drifted columns, or when realised PR-AUC is surely too low.
+
+    Batch scores (the score stage) and online scores (the service) are judged apart,
+    each against the same expectation: the service may see other traffic than the
+    frames, and a loss on either is a loss the business took.
+
+    "Surely" means the whole bootstrap interval of the realised PR-AUC lies below the
+    test figure minus the allowed drop: on 40 positives a point estimate moves by
+    0.1 with a handful of them, and a gate on it fails prod by chance.
+    """
+    reasons, insufficient = [], False
     if drift_share > max_drift_share:
         reasons.append(f"drift share {drift_share:.3f} is above the maximum {max_drift_share:.3f}")
-    if pr_auc is not None and expected_pr_auc is not None:
-        drop = expected_pr_auc - pr_auc
-        if drop > max_pr_auc_drop:
+    for kind, estimate_ in (("realised", realised), ("online realised", online)):
+        if estimate_ is None or expected_pr_auc is None:
+            continue
+        if not estimate_.enough:
+            insufficient = insufficient or kind == "realised"
+            continue
+        floor = expected_pr_auc - max_pr_auc_drop
+        if estimate_.high < floor:
+            realised_ = estimate_
             reasons.append(
-                f"realised PR-AUC {pr_auc:.4f} is {drop:.4f} below the test PR-AUC "
-                f"{expected_pr_auc:.4f}; the allowed drop is {max_pr_auc_drop:.4f}"
+                f"{kind} PR-AUC {realised_.pr_auc:.4f} ({realised_.confidence:.0%} interval "
+                f"[{realised_.low:.4f}, {realised_.high:.4f}] on {realised_.positives} "
+                f"positives) is below the test PR-AUC {expected_pr_auc:.4f} minus the "
+                f"allowed drop {max_pr_auc_drop:.4f}"
             )
-    return VerifyVerdict(passed=not reasons, reasons=reasons)
+    if reasons:
+        return VerifyVerdict(passed=False, reasons=reasons, verdict=FAILED)
+    if insufficient:
+        return VerifyVerdict(
+            passed=True,
+            reasons=[
+                f"not enough evidence for realised quality: {realised.positives} labelled "
+                "positives so far (gates.evidence.min_positives); drift alone was judged"
+            ],
+            verdict=INSUFFICIENT,
+        )
+    return VerifyVerdict(passed=True, verdict=PASSED)
 
 
 @contextlib.contextmanager
@@ -70,6 +109,72 @@ def drifted_names(entry: dict) -> list[str]:
     return sorted(name for name, result in columns.items() if result.get("drifted"))
 
 
+def online_quality(store, env: str, name: str, version: str, evidence: Evidence) -> dict:
+    """Realised quality of what the service answered, per UTC day and overall.
+
+    Only the answered scores count here (not a challenger's shadow scores): they are
+    what the business acted on. Labels come from `POST /v1/labels` or the label stage.
+    """
+    joined = store.online_scores_with_labels(env, name, version, shadow=False)
+    if joined.empty:
+        return {"estimate": None, "summary": {"labelled_scores": 0, "days": {}}}
+    scored = _scored_frame(joined)
+    overall = estimate(scored["label"].to_numpy(), scored["score"].to_numpy(), evidence)
+    days = {}
+    for day, rows in scored.groupby(joined["day"].astype(str), sort=True):
+        day_estimate = estimate(rows["label"].to_numpy(), rows["score"].to_numpy(), evidence)
+        flagged, positives = int(rows["decision"].sum()), int(rows["label"].sum())
+        hits = int((rows["decision"] & rows["label"]).sum())
+        days[day] = {
+            "labelled_scores": len(rows),
+            "pr_auc": None if not positives else day_estimate.pr_auc,
+            "recall": hits / positives if positives else None,
+            "precision": hits / flagged if flagged else None,
+            "pr_auc_interval": _interval(day_estimate),
+            "labelled_positives": day_estimate.positives,
+        }
+    return {
+        "estimate": overall,
+        "summary": {
+            "labelled_scores": len(scored),
+            "labelled_positives": overall.positives,
+            "pr_auc": overall.pr_auc,
+            "pr_auc_interval": _interval(overall),
+            "days": days,
+        },
+    }
+
+
+def staleness(
+    created_at: float | None, newest_label: datetime | None, max_model_age_days: float | None
+) -> dict:
+    """How old the serving model and its newest ground truth are, in days.
+
+    A model can pass every gate and still be months old; this is what says so, and
+    what continuous training reads before deciding to refresh it.
+    """
+    now = datetime.now(UTC)
+    model_age = None if created_at is None else (now.timestamp() - created_at) / 86_400
+    label_age = None if newest_label is None else (now - newest_label).total_seconds() / 86_400
+    return {
+        "model_age_days": None if model_age is None else round(model_age, 4),
+        "labelled_data_age_days": None if label_age is None else round(label_age, 4),
+        "max_model_age_days": max_model_age_days,
+        "stale": bool(
+            max_model_age_days is not None
+            and model_age is not None
+            and model_age > max_model_age_days
+        ),
+    }
+
+
+def _interval(realised: Estimate | None) -> list[float] | None:
+    """[low, high] for the JSON summary; None where there were too few positives."""
+    if realised is None or not realised.enough:
+        return None
+    return [round(realised.low, 6), round(realised.high, 6)]
+
+
 def _scored_frame(joined: pd.DataFrame) -> pd.DataFrame:
     return joined[["label", "score", "decision"]].astype({"label": "int64", "decision": "int64"})
 
@@ -79,16 +184,17 @@ def run(settings) -> dict:
     from tqdm import tqdm
 
     from pipeline.drift_and_quality import drift_summary, quality_summary
-    from pipeline.io import read_json, write_json
+    from pipeline.io import write_json
     from pipeline.layout import Layout
+    from pipeline.registered import Registered
     from pipeline.store import ScoreStore
 
     layout = Layout(settings.root)
     contract, options = settings.contract, settings.verify
     gate = settings.environment.gates.verify
-    registered = read_json(layout.registered)
-    serving = registered.get("serving") or {}
-    name, version = registered["model_name"], str(serving.get("version"))
+    registered = Registered.load(layout.registered)
+    serving = registered.require_serving()
+    name, version = registered.model_name, serving.version
     # Dates are not compared: a later frame has later dates by construction.
     columns = [c for c in contract.features if contract.by_name[c].dtype != "datetime"]
     categorical = [c for c in columns if c in contract.categorical]
@@ -106,6 +212,7 @@ def run(settings) -> dict:
     groups: dict[str, list[int]] = {str(n): [n] for n in frames}
     groups["all"] = frames
     rng_seed = options.seed
+    evidence = Evidence(**settings.environment.gates.evidence.model_dump())
     # One reference sample for every comparison, so frames are judged against the same rows.
     reference = load(settings.frames.train)
     reference = reference.sample(
@@ -145,9 +252,15 @@ def run(settings) -> dict:
                     settings.env, model_name=name, model_version=version, frames=members
                 )
                 if len(joined):
-                    per_frame[key]["quality"] = quality_summary(
-                        _scored_frame(joined), html(key, "quality")
+                    scored = _scored_frame(joined)
+                    per_frame[key]["quality"] = quality_summary(scored, html(key, "quality"))
+                    per_frame[key]["interval"] = estimate(
+                        scored["label"].to_numpy(), scored["score"].to_numpy(), evidence
                     )
+            online = online_quality(store, settings.env, name, version, evidence)
+            newest_label = store.newest_label_at(
+                settings.env, model_name=name, model_version=version
+            )
         finally:
             store.dispose()
         for key, future in tqdm(futures.items(), desc="verify drift", unit="report", disable=None):
@@ -155,8 +268,14 @@ def run(settings) -> dict:
     overall = per_frame.pop("all")
     drift_share = overall.get("drift", {}).get("drift_share", 0.0)
     pr_auc = overall.get("quality", {}).get("pr_auc")
+    realised = overall.get("interval")
     verdict = evaluate_verify_gate(
-        drift_share, pr_auc, serving.get("pr_auc"), gate.max_drift_share, gate.max_pr_auc_drop
+        drift_share,
+        realised,
+        serving.pr_auc,
+        gate.max_drift_share,
+        gate.max_pr_auc_drop,
+        online=online["estimate"],
     )
     summary = {
         "model_name": name,
@@ -166,6 +285,8 @@ def run(settings) -> dict:
             "drifted_columns": overall.get("drift", {}).get("drifted_columns"),
             "drifted": drifted_names(overall),
             "pr_auc": pr_auc,
+            "pr_auc_interval": _interval(realised),
+            "labelled_positives": None if realised is None else realised.positives,
             "roc_auc": overall.get("quality", {}).get("roc_auc"),
             "recall": overall.get("quality", {}).get("recall"),
             "precision": overall.get("quality", {}).get("precision"),
@@ -177,6 +298,8 @@ def run(settings) -> dict:
                 "drifted_columns": e.get("drift", {}).get("drifted_columns"),
                 "drifted": drifted_names(e),
                 "pr_auc": e.get("quality", {}).get("pr_auc"),
+                "pr_auc_interval": _interval(e.get("interval")),
+                "labelled_positives": None if "interval" not in e else e["interval"].positives,
                 "roc_auc": e.get("quality", {}).get("roc_auc"),
                 "recall": e.get("quality", {}).get("recall"),
                 "labeled_rows": e.get("quality", {}).get("rows", 0),
@@ -185,14 +308,29 @@ def run(settings) -> dict:
         },
         "gate": {
             "passed": verdict.passed,
+            "verdict": verdict.verdict,
             "reasons": verdict.reasons,
+            "expected_pr_auc": serving.pr_auc,
+            "confidence": evidence.confidence,
+            "resamples": evidence.resamples,
+            "min_positives": evidence.min_positives,
             "on_failure": gate.on_failure,
             "max_drift_share": gate.max_drift_share,
             "max_pr_auc_drop": gate.max_pr_auc_drop,
         },
+        "online": online["summary"],
+        "staleness": staleness(
+            serving.created_at,
+            newest_label,
+            settings.continuous_training.max_model_age_days,
+        ),
         "html": sorted(str(p.relative_to(settings.root)) for p in layout.verify_dir.glob("*.html")),
     }
     write_json(layout.verify_summary, summary)
+    if verdict.verdict == INSUFFICIENT:
+        import sys
+
+        print(f"verify gate: {verdict.reasons[0]}", file=sys.stderr)
     if not verdict.passed:
         message = "verify gate failed: " + "; ".join(verdict.reasons)
         if gate.on_failure == "fail":

@@ -1,4 +1,4 @@
-"""Alias history and prod's fallback, against a real (SQLite-backed) MLflow registry."""
+"""Alias history, against a real (SQLite-backed) MLflow registry."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ from pathlib import Path
 import pytest
 
 from pipeline import registry
-from pipeline.register import fall_back
 
 NAME = "crispml-test"
 
@@ -37,14 +36,5 @@ def test_every_alias_move_is_kept_in_order(client) -> None:
     assert str(registry.alias_holder(client, NAME, "prod").version) == "2"
 
 
-def test_fallback_takes_the_qa_model_of_the_same_commit_only(client, capsys) -> None:
-    registry.move_alias(client, NAME, "prod", "1", "earlier release")
-    registry.move_alias(client, NAME, "qa", "2", "gate passed in qa")
-    refused = fall_back(client, NAME, "prod", "qa", commit="c3")
-    assert refused["used"] is False
-    assert str(registry.alias_holder(client, NAME, "prod").version) == "1"
-    used = fall_back(client, NAME, "prod", "qa", commit="c2")
-    assert used["used"] is True and used["version"] == "2"
-    assert str(registry.alias_holder(client, NAME, "prod").version) == "2"
-    assert "FALLBACK" in capsys.readouterr().err
-    assert registry.alias_history(client, NAME, "prod")[-1]["reason"].startswith("fallback")
+# prod's fallback (register.fall_back) is tested with real models and the evidence it
+# scores them with in tests/gitops/test_gitops_identity.py.

@@ -73,3 +73,14 @@ def test_slices_and_plot_tables(scored) -> None:
     assert set(tables) == {"precision_recall.csv", "roc.csv", "confusion.csv", "calibration.csv"}
     assert len(tables["confusion.csv"]) == len(y)
     assert len(tables["roc.csv"]) <= 400
+
+
+def test_validation_widens_until_the_threshold_has_enough_positives() -> None:
+    """~20 positives per frame (qa's half sample): one validation frame is too few."""
+    from pipeline.curate import widen_validation
+
+    positives = {1: 20, 2: 21, 3: 19, 4: 22, 5: 18, 6: 20}
+    assert widen_validation(positives, [1, 2, 3, 4], [5], 30) == ([1, 2, 3], [4, 5])
+    assert widen_validation(positives, [1, 2, 3, 4], [5], 10) == ([1, 2, 3, 4], [5])
+    # One training frame always stays, however few positives there are.
+    assert widen_validation(positives, [1, 2], [5], 1_000) == ([1], [2, 5])

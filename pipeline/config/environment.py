@@ -72,11 +72,27 @@ class Privacy(Strict):
     min_k: int | None = Field(None, ge=1)
 
 
+class GateEvidence(Strict):
+    """How sure a gate must be before it decides, and how little data is too little.
+
+    Each gate resamples its rows `resamples` times (a stratified bootstrap) and judges
+    the interval at `confidence`, not a point estimate. Below `min_positives` labelled
+    positives the verdict is "not enough evidence", with the count.
+    """
+
+    confidence: float = Field(0.95, gt=0.5, lt=1)
+    resamples: int = Field(1000, ge=100, le=100_000)
+    min_positives: int = Field(30, ge=1)
+    seed: int = 0
+
+
 class RegisterGate(Strict):
-    """A candidate must clear every floor that is set, and not fall too far below the champion.
+    """A candidate must clear every floor that is set, and not be worse than the champion.
 
     PR-AUC depends on the positive rate (its floor for random scores is that rate), so
     `min_pr_auc` is a per-dataset choice; `min_roc_auc` means the same on any table.
+    `max_pr_auc_drop` is the margin of the paired bootstrap against the champion: the
+    candidate passes when, at `evidence.confidence`, it is not worse by more than that.
     """
 
     min_pr_auc: float | None = Field(None, ge=0, le=1)
@@ -85,6 +101,8 @@ class RegisterGate(Strict):
 
 
 class VerifyGate(Strict):
+    """Realised quality fails only when its whole interval is below the allowed drop."""
+
     max_drift_share: float = Field(ge=0, le=1)
     max_pr_auc_drop: float = Field(ge=0, le=1)
     on_failure: Literal["fail", "warn"] = "fail"
@@ -94,6 +112,17 @@ class Gates(Strict):
     # `register` would shadow pydantic's own attribute, hence the alias.
     registration: RegisterGate = Field(alias="register")
     verify: VerifyGate
+    evidence: GateEvidence = GateEvidence()
+
+
+class Shadow(Strict):
+    """Champion/challenger: when `crispml shadow promote` (without --manual) may promote.
+
+    `auto_promote: false` leaves promotion to a person (`--manual --reason ...`).
+    """
+
+    min_labelled_scores: int = Field(1000, ge=1)
+    auto_promote: bool = False
 
 
 class Registry(Strict):
@@ -101,6 +130,14 @@ class Registry(Strict):
     # prod sets this to "qa": when prod's own model fails the gate, prod serves the
     # version that QA validated for the same git commit instead of nothing new.
     fallback_alias: str | None = None
+    # The alias whose holder the service scores in shadow beside @alias (default
+    # "<alias>-challenger"); its scores are stored, never answered.
+    challenger_alias: str | None = None
+    shadow: Shadow = Shadow()
+
+    @property
+    def challenger(self) -> str:
+        return self.challenger_alias or f"{self.alias}-challenger"
 
 
 class Store(Strict):

@@ -18,11 +18,13 @@ from pydantic import Field, ValidationError, model_validator
 from pipeline.config.contract import NUMERIC, Contract, Role, Strict
 from pipeline.config.environment import Environment
 from pipeline.config.params import (
+    ContinuousTraining,
     Curate,
     Frames,
     Generator,
     Label,
     LabelSource,
+    Monitoring,
     Prepare,
     Register,
     Report,
@@ -58,6 +60,8 @@ class Settings(Strict):
     score: Score
     label: Label
     verify: Verify
+    continuous_training: ContinuousTraining = ContinuousTraining()
+    monitoring: Monitoring = Monitoring()
     environment: Environment
 
     @model_validator(mode="after")

@@ -98,6 +98,10 @@ class FeatureOptions(Strict):
 class Curate(Strict):
     split: Split
     features: FeatureOptions = FeatureOptions()
+    # The threshold is chosen on the validation frames. Picked on a few dozen positives
+    # it is noise, so while they hold fewer positives than this, the newest training
+    # frame before them moves into validation (never the last training frame).
+    min_valid_positives: int = Field(30, ge=1)
 
 
 Algorithm = Literal["random_forest", "hist_gradient_boosting", "logistic_regression"]
@@ -163,3 +167,46 @@ class Verify(Strict):
     drift_max_rows: int = Field(10_000, ge=100)
     seed: int = 0
     workers: int = Field(2, ge=1, le=32)
+
+
+class MinLabels(Strict):
+    """The least a rolling window must hold before continuous training may fit on it."""
+
+    rows: int = Field(1000, ge=1)
+    positives: int = Field(60, ge=1)
+
+
+class ContinuousTraining(Strict):
+    """The rolling training window of continuous training (and of `crispml replay`).
+
+    The newest `window_frames` labelled frames: the newest `test_frames` judge the
+    candidate against the champion, the `valid_frames` before them choose the threshold
+    (with 0, the threshold is chosen on the test frames), the rest train. CT retrains
+    when verify fails, when the drift share reaches `retrain_drift_share`, or when the
+    serving model is `max_model_age_days` old.
+    """
+
+    window_frames: int = Field(6, ge=2)
+    valid_frames: int = Field(0, ge=0)
+    test_frames: int = Field(1, ge=1)
+    min_labels: MinLabels = MinLabels()
+    label_delay_days: int = Field(0, ge=0)
+    max_model_age_days: float | None = Field(None, gt=0)
+    retrain_drift_share: float | None = Field(None, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _room_to_train(self) -> ContinuousTraining:
+        if self.window_frames <= self.valid_frames + self.test_frames:
+            raise ValueError(
+                f"continuous_training.window_frames ({self.window_frames}) must exceed "
+                f"valid_frames + test_frames ({self.valid_frames} + {self.test_frames}): "
+                "at least one frame must train"
+            )
+        return self
+
+
+class Monitoring(Strict):
+    """Where the Evidently workspace of daily drift and quality snapshots lives."""
+
+    workspace: str = "reports/monitoring"
+    project: str = "crispml"

@@ -13,6 +13,13 @@ The write path of POST /v1/score, and why it is shaped this way:
    commit. Scoring of the next batch overlaps with the commit of this one.
 5. Only when its commit succeeded does the request answer 200. A failed or timed-out
    commit answers 503 for exactly the requests in it: never a 200 for an unstored score.
+6. When a challenger is loaded (`@<alias>-challenger`), the answered rows are handed to
+   the *shadow* path after the answer is settled: the challenger scores them in its own
+   batcher thread, and its rows (`shadow` true, `shadow_of` the champion's score id) ride
+   in the next group commit. The answer never waits for the challenger; a failing,
+   slow or missing challenger costs a log line and a metric, never a request. The
+   backlog is bounded (`shadow_max_backlog` rows): above it, shadow work is dropped
+   and counted rather than queued without end.
 
 No `from __future__ import annotations` here: FastAPI must see the real types of the
 route parameters, and some of them are built at run time from the contract.
@@ -24,6 +31,7 @@ import hmac
 import logging
 import math
 import tempfile
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
@@ -53,12 +61,14 @@ from pipeline.service.contract import (
     Health,
     LabelResult,
     ModelInfo,
+    OnlineDay,
     Problem,
     QualityReport,
     Readiness,
     RecordSchema,
     ReloadResult,
     ScoreResult,
+    ShadowReport,
     StoredScore,
     ValidationProblem,
     label_request_model,
@@ -66,21 +76,28 @@ from pipeline.service.contract import (
     score_request_type,
 )
 from pipeline.service.ids import derive_record_ids
-from pipeline.service.metrics import CONTENT_TYPE, ServiceMetrics
+from pipeline.service.metrics import CONTENT_TYPE, Freshness, ServiceMetrics
 from pipeline.service.middleware import BodyLimit, RequestMetrics
 from pipeline.service.model import (
     ModelLoader,
     ModelManager,
     ServingModel,
+    challenger_ref,
     default_model_uri,
     parse_model_uri,
 )
-from pipeline.store import ScoreStore, new_score_id, utcnow
+from pipeline.store import ScoreStore, new_score_id, shadow_score_id, utcnow
 
 log = logging.getLogger("pipeline.service")
 
 API_CHANNEL = "api"
 API_SOURCE = "api:/v1/score"
+SHADOW_SOURCE = "api:/v1/score#shadow"
+LOG_EVERY = 60.0  # seconds between two warnings about the same shadow failure
+
+
+class ShadowNotStored(Exception):
+    """The shadow rows of one request were left out of a group commit that failed."""
 
 
 @dataclass(frozen=True)
@@ -97,8 +114,9 @@ Frame = Callable[[Sequence[tuple[Any, ...]]], pd.DataFrame]
 def _scores(model: ServingModel, rows: Sequence[tuple[Any, ...]], to_frame: Frame) -> np.ndarray:
     scores = model.predict(to_frame(rows))
     if len(scores) != len(rows):
-        raise ValueError(f"model version {model.version} returned {len(scores)} scores for "
-                         f"{len(rows)} rows")
+        raise ValueError(
+            f"model version {model.version} returned {len(scores)} scores for {len(rows)} rows"
+        )
     if not np.isfinite(scores).all():
         raise ValueError(f"model version {model.version} returned non-finite scores")
     return scores
@@ -173,8 +191,9 @@ def _utc(value: datetime | None, name: str) -> datetime | None:
     try:
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
     except (OverflowError, ValueError):
-        raise _field_error(422, name, "datetime_range", "is outside the representable range",
-                           value.isoformat()) from None
+        raise _field_error(
+            422, name, "datetime_range", "is outside the representable range", value.isoformat()
+        ) from None
 
 
 def _field_error(status: int, field: str, rule: str, msg: str, value: Any = None) -> HTTPException:
@@ -194,7 +213,8 @@ class ServiceState:
         self.store = ScoreStore(settings.store_url)
         self.pseudonymise = _pseudonymiser(settings)
         ref = parse_model_uri(
-            model_uri or default_model_uri(settings), settings.root,
+            model_uri or default_model_uri(settings),
+            settings.root,
             settings.registration.model_name,
         )
         self.models = ModelManager(
@@ -202,13 +222,43 @@ class ServiceState:
             on_change=self._model_changed,
             on_failure=lambda _error: self.metrics.reloads.labels("failed").inc(),
         )
-        self.scorer: MicroBatcher[_ScoreJob, np.ndarray | Exception] = MicroBatcher(
-            self._predict, name="scorer", max_size=config.predict_max_rows,
+        # The challenger, scored in shadow: only beside an alias (a pinned version or a
+        # folder never moves, so it has no challenger either).
+        shadow_ref = challenger_ref(ref, settings)
+        self.challenger: ModelManager | None = None
+        if shadow_ref is not None:
+            self.challenger = ModelManager(
+                ModelLoader(settings, shadow_ref, warm_up=self._warm_up),
+                on_change=self._challenger_changed,
+                on_failure=lambda _error: self.metrics.shadow_failures.labels("load").inc(),
+                optional=True,
+            )
+        self.shadow_scorer: MicroBatcher[_ScoreJob, np.ndarray | Exception] = MicroBatcher(
+            self._predict_shadow,
+            name="shadow",
+            max_size=config.predict_max_rows,
             size_of=lambda job: len(job.rows),
         )
-        self.writer: MicroBatcher[list[dict[str, Any]], int] = MicroBatcher(
-            self._commit, name="group-commit", max_size=config.commit_max_rows,
-            max_wait=config.commit_wait_ms / 1000.0, size_of=len,
+        self._shadow_tasks: set[asyncio.Task[None]] = set()
+        self._shadow_backlog = 0
+        self._warned: dict[str, float] = {}
+        # Newest label per (role, version): refreshed by /metrics at most every TTL.
+        self._label_times: dict[tuple[str, str], Any] = {}
+        self._label_times_at = -math.inf
+        self._label_refresh: asyncio.Lock | None = None
+        self.metrics.watch_staleness(self._freshness)
+        self.scorer: MicroBatcher[_ScoreJob, np.ndarray | Exception] = MicroBatcher(
+            self._predict,
+            name="scorer",
+            max_size=config.predict_max_rows,
+            size_of=lambda job: len(job.rows),
+        )
+        self.writer: MicroBatcher[list[dict[str, Any]], int | Exception] = MicroBatcher(
+            self._commit,
+            name="group-commit",
+            max_size=config.commit_max_rows,
+            max_wait=config.commit_wait_ms / 1000.0,
+            size_of=len,
         )
         self.report_lock = asyncio.Semaphore(1)
         self.prepared = False
@@ -239,7 +289,28 @@ class ServiceState:
         else:
             self.models.current = model
             self._model_changed(model)
+        if self.challenger is not None:
+            self._prepare_challenger(self.challenger)
         self.prepared = True
+
+    def _prepare_challenger(self, manager: ModelManager) -> None:
+        """Load the challenger at start-up if one is named; never fatal (a shadow)."""
+        loader = manager.loader
+        version = None
+        try:
+            version = loader.resolve()
+            if version is None:
+                return
+            manager.current = loader.load(version)
+        except Exception as error:
+            manager.last_error = str(error)
+            manager.mark_failed(version)
+            self.metrics.shadow_failures.labels("load").inc()
+            log.error(
+                "challenger @%s not loaded, serving without a shadow: %s", loader.ref.alias, error
+            )
+        else:
+            self._challenger_changed(manager.current)
 
     def _warm_up(self, model: ServingModel) -> None:
         """Score the contract's example once: loads lazy code paths, and proves the model
@@ -257,9 +328,96 @@ class ServiceState:
         if scores.shape != (len(rows),) or not all(math.isfinite(float(s)) for s in scores):
             raise ValueError(f"model version {model.version} failed its warm-up prediction")
 
-    def _model_changed(self, model: ServingModel) -> None:
+    def _model_changed(self, model: ServingModel | None) -> None:
+        if model is None:  # pragma: no cover - the champion's manager is not optional
+            return
         self.metrics.model.info({k: str(v) for k, v in model.info().items()})
         self.metrics.reloads.labels("swapped").inc()
+        self._label_times_at = -math.inf
+
+    def _challenger_changed(self, model: ServingModel | None) -> None:
+        self.metrics.challenger_loaded.set(0 if model is None else 1)
+        self._label_times_at = -math.inf
+        if model is not None:
+            log.info(
+                "scoring %s version %s in shadow (@%s)",
+                model.name,
+                model.version,
+                self.challenger.loader.ref.alias if self.challenger else "?",
+            )
+
+    @property
+    def challenger_model(self) -> ServingModel | None:
+        return None if self.challenger is None else self.challenger.current
+
+    def _warn(self, key: str, message: str, *args: Any) -> None:
+        """A warning at most every LOG_EVERY seconds per key: a broken challenger must not
+        flood the log at the request rate (the metric counts every failure)."""
+        now = time.monotonic()
+        if now - self._warned.get(key, -math.inf) >= LOG_EVERY:
+            self._warned[key] = now
+            log.warning(message, *args)
+
+    # -- staleness ---------------------------------------------------------------------
+
+    def _roles(self) -> list[tuple[str, ServingModel]]:
+        roles = []
+        if self.models.current is not None:
+            roles.append(("champion", self.models.current))
+        if self.challenger_model is not None:
+            roles.append(("challenger", self.challenger_model))
+        return roles
+
+    def _freshness(self) -> list[Freshness]:
+        """Read at scrape time by the staleness collector (no I/O: cached label times)."""
+        out = [
+            Freshness(
+                role, model.version, model.created_at, self._label_times.get((role, model.version))
+            )
+            for role, model in self._roles()
+        ]
+        environment = self._label_times.get(("environment", ""))
+        if environment is not None:
+            out.append(Freshness("environment", "", None, environment))
+        return out
+
+    def _read_label_times(self) -> dict[tuple[str, str], Any]:
+        times: dict[tuple[str, str], Any] = {
+            ("environment", ""): self.store.newest_label_at(self.environment)
+        }
+        for role, model in self._roles():
+            times[(role, model.version)] = self.store.newest_label_at(
+                self.environment,
+                model_name=model.name,
+                model_version=model.version,
+                channel=API_CHANNEL,
+            )
+        return times
+
+    async def refresh_label_times(self) -> None:
+        """Ask the store for the newest labels when the cached answer is older than the TTL;
+        a store that is slow or down leaves the last known values (and a log line)."""
+        if time.monotonic() - self._label_times_at < self.config.label_age_ttl:
+            return
+        if self._label_refresh is None:
+            self._label_refresh = asyncio.Lock()
+        if self._label_refresh.locked():
+            return  # another scrape is asking already
+        async with self._label_refresh:
+            try:
+                times = await asyncio.wait_for(asyncio.to_thread(self._read_label_times), 5.0)
+            except Exception as error:
+                self._warn(
+                    "label-age",
+                    "labelled-data age not refreshed: %s",
+                    error or type(error).__name__,
+                )
+                return
+            self._label_times = times
+            self._label_times_at = time.monotonic()
+
+    def labels_arrived(self) -> None:
+        self._label_times_at = -math.inf
 
     # -- the two batched calls (run in their own threads) --------------------------------
 
@@ -267,18 +425,132 @@ class ServiceState:
         self.metrics.predict_rows.observe(sum(len(j.rows) for j in jobs))
         return predict_jobs(jobs, self.schema.frame)
 
-    def _commit(self, batches: list[list[dict[str, Any]]]) -> list[int]:
-        """One transaction for every request in the batch: all are stored, or none is."""
+    def _predict_shadow(self, jobs: list[_ScoreJob]) -> list[np.ndarray | Exception]:
+        return predict_jobs(jobs, self.schema.frame)
+
+    def _commit(self, batches: list[list[dict[str, Any]]]) -> list[int | Exception]:
+        """One transaction for every request in the batch: all are stored, or none is.
+
+        Shadow rows share the transaction (no extra commit for them). Should the shared
+        transaction fail, the answered rows are tried once more without the shadow rows,
+        so that a challenger's rows can never cost a champion's answer.
+        """
         rows = [row for batch in batches for row in batch]
         with self.metrics.commit_seconds.time():
             try:
                 self.store.insert_scores(rows)
-            except Exception:
-                self.metrics.store_failures.inc()
-                raise
+            except Exception as error:
+                answered = [batch for batch in batches if not _is_shadow(batch)]
+                if not answered or len(answered) == len(batches):
+                    self.metrics.store_failures.inc()
+                    raise
+                self._warn(
+                    "shadow-store",
+                    "group commit with shadow rows failed (%s); storing the answered rows alone",
+                    error,
+                )
+                try:
+                    self.store.insert_scores([row for batch in answered for row in batch])
+                except Exception:
+                    self.metrics.store_failures.inc()
+                    raise
+                rows = [row for batch in answered for row in batch]
+                failed = ShadowNotStored(str(error))
+                self.metrics.commit_rows.observe(len(rows))
+                self.metrics.stored.inc(len(rows))
+                return [failed if _is_shadow(batch) else len(batch) for batch in batches]
         self.metrics.commit_rows.observe(len(rows))
         self.metrics.stored.inc(len(rows))
         return [len(batch) for batch in batches]
+
+    # -- the shadow path -----------------------------------------------------------------
+
+    def offer_shadow(
+        self,
+        challenger: ServingModel,
+        rows: Sequence[tuple[Any, ...]],
+        answered: list[dict[str, Any]],
+    ) -> None:
+        """Hand answered rows to the challenger; returns at once (never awaited by the
+        request). Above the backlog limit the work is dropped and counted."""
+        size = len(rows)
+        if self._shadow_backlog + size > self.config.shadow_max_backlog:
+            self.metrics.shadow_failures.labels("dropped").inc(size)
+            self._warn(
+                "shadow-dropped",
+                "challenger backlog full (%d rows): shadow scores dropped",
+                self._shadow_backlog,
+            )
+            return
+        self._shadow_backlog += size
+        self.metrics.shadow_backlog.set(self._shadow_backlog)
+        task = asyncio.create_task(self._shadow(challenger, rows, answered))
+        self._shadow_tasks.add(task)
+        task.add_done_callback(self._shadow_tasks.discard)
+
+    async def _shadow(
+        self,
+        challenger: ServingModel,
+        rows: Sequence[tuple[Any, ...]],
+        answered: list[dict[str, Any]],
+    ) -> None:
+        try:
+            scores = await self.shadow_scorer.submit(_ScoreJob(challenger, rows))
+            if isinstance(scores, Exception):
+                raise scores
+        except Exception as error:
+            self.metrics.shadow_failures.labels("predict").inc(len(rows))
+            self._warn(
+                "shadow-predict",
+                "challenger version %s failed to score: %s: %s",
+                challenger.version,
+                type(error).__name__,
+                error,
+            )
+            self._shadow_done(len(rows))
+            return
+        threshold = challenger.threshold
+        shadow_rows = []
+        disagreements = 0
+        for champion, value in zip(answered, scores.tolist(), strict=True):
+            decision = int(value >= threshold)
+            disagreements += decision != champion["decision"]
+            shadow_rows.append(
+                {
+                    **champion,
+                    "score_id": shadow_score_id(champion["score_id"], challenger.version),
+                    "score": value,
+                    "decision": decision,
+                    "threshold": threshold,
+                    "model_name": challenger.name,
+                    "model_version": challenger.version,
+                    "run_id": challenger.run_id,
+                    "git_commit": challenger.git_commit,
+                    "source": SHADOW_SOURCE,
+                    "shadow": True,
+                    "shadow_of": champion["score_id"],
+                }
+            )
+        try:
+            stored = await asyncio.wait_for(
+                self.writer.submit(shadow_rows), self.config.store_timeout
+            )
+            if isinstance(stored, Exception):
+                raise stored
+        except Exception as error:
+            self.metrics.shadow_failures.labels("store").inc(len(rows))
+            self._warn(
+                "shadow-store-failed", "shadow scores not stored: %s", error or type(error).__name__
+            )
+        else:
+            self.metrics.shadow_scores.labels(challenger.version).inc(len(shadow_rows))
+            self.metrics.shadow_disagreements.labels(challenger.version).inc(disagreements)
+        finally:
+            self._shadow_done(len(rows))
+
+    def _shadow_done(self, size: int) -> None:
+        self._shadow_backlog -= size
+        self.metrics.shadow_backlog.set(self._shadow_backlog)
 
     # -- lifespan ----------------------------------------------------------------------
 
@@ -286,14 +558,37 @@ class ServiceState:
         if not self.prepared:
             await asyncio.to_thread(self.prepare)
         await self.scorer.start()
+        await self.shadow_scorer.start()
         await self.writer.start()
         self.models.start_polling(self.config.reload_interval)
+        if self.challenger is not None:
+            self.challenger.start_polling(self.config.reload_interval)
+
+    async def refresh_models(self) -> tuple[Any, ServingModel | None]:
+        """Re-read both aliases now; the champion's failure is the caller's error, the
+        challenger's is logged and counted only."""
+        outcome = await self.models.refresh()
+        if self.challenger is not None:
+            try:
+                await self.challenger.refresh()
+            except Exception as error:
+                log.warning("challenger reload failed: %s", error)
+        return outcome, self.challenger_model
 
     async def stop(self) -> None:
         await self.models.stop()
+        if self.challenger is not None:
+            await self.challenger.stop()
         await self.scorer.stop()
+        if self._shadow_tasks:  # answered requests' shadows: finish them, within reason
+            await asyncio.wait(set(self._shadow_tasks), timeout=self.config.store_timeout)
+        await self.shadow_scorer.stop()
         await self.writer.stop()
         self.store.dispose()
+
+
+def _is_shadow(batch: list[dict[str, Any]]) -> bool:
+    return bool(batch) and bool(batch[0].get("shadow"))
 
 
 def create_app(
@@ -372,16 +667,21 @@ def create_app(
         if exc.status_code == 400 and exc.__cause__ is not None:
             # FastAPI's "error parsing the body" (e.g. bytes that are not UTF-8): for a JSON
             # API that is malformed JSON, answered like any other malformed JSON.
-            entry = {"loc": ["body"], "field": "body", "rule": "json_invalid",
-                     "msg": f"the body is not valid JSON: {type(exc.__cause__).__name__}",
-                     "value": None}
+            entry = {
+                "loc": ["body"],
+                "field": "body",
+                "rule": "json_invalid",
+                "msg": f"the body is not valid JSON: {type(exc.__cause__).__name__}",
+                "value": None,
+            }
             return JSONResponse(
                 {"error": service_errors.summary([entry]), "detail": [entry]}, status_code=422
             )
         if isinstance(exc.detail, list):  # field errors raised by a route (e.g. labels)
             return JSONResponse(
                 {"error": service_errors.summary(exc.detail), "detail": exc.detail},
-                status_code=exc.status_code, headers=exc.headers,
+                status_code=exc.status_code,
+                headers=exc.headers,
             )
         return JSONResponse(
             {"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers
@@ -406,8 +706,11 @@ def create_app(
     score_dependencies = protected if config.score_requires_token else []
     score_responses: dict[int | str, dict[str, Any]] = {
         **invalid,
-        503: {"model": Problem, "description": "No model loaded, or the store did not confirm "
-              "the write: nothing was answered, retry."},
+        503: {
+            "model": Problem,
+            "description": "No model loaded, or the store did not confirm "
+            "the write: nothing was answered, retry.",
+        },
     }
     if config.score_requires_token:
         score_responses[401] = responses_401[401]
@@ -432,6 +735,7 @@ def create_app(
         nothing was answered and the request may be retried.
         """
         model = state.models.current  # taken once: this request's version, whatever happens
+        challenger = state.challenger_model  # likewise for its shadow
         if model is None:
             raise HTTPException(503, f"no model is loaded: {state.models.last_error}")
         records = body if isinstance(body, list) else [body]
@@ -450,18 +754,37 @@ def create_app(
         for record_id, stored_id, value in answers:
             score_id = new_score_id()
             decision = int(value >= threshold)
-            stored.append({
-                "score_id": score_id, "record_id": stored_id, "frame": None, "score": value,
-                "decision": decision, "threshold": threshold, "model_name": model.name,
-                "model_version": model.version, "run_id": model.run_id,
-                "git_commit": model.git_commit, "environment": state.environment,
-                "channel": API_CHANNEL, "source": API_SOURCE, "scored_at": now,
-            })
-            results.append({
-                "score_id": score_id, "record_id": record_id, "score": value,
-                "decision": decision, "threshold": threshold, "model_name": model.name,
-                "model_version": model.version,
-            })
+            stored.append(
+                {
+                    "score_id": score_id,
+                    "record_id": stored_id,
+                    "frame": None,
+                    "score": value,
+                    "decision": decision,
+                    "threshold": threshold,
+                    "model_name": model.name,
+                    "model_version": model.version,
+                    "run_id": model.run_id,
+                    "git_commit": model.git_commit,
+                    "environment": state.environment,
+                    "channel": API_CHANNEL,
+                    "source": API_SOURCE,
+                    "scored_at": now,
+                    "shadow": False,
+                    "shadow_of": None,
+                }
+            )
+            results.append(
+                {
+                    "score_id": score_id,
+                    "record_id": record_id,
+                    "score": value,
+                    "decision": decision,
+                    "threshold": threshold,
+                    "model_name": model.name,
+                    "model_version": model.version,
+                }
+            )
         try:
             await asyncio.wait_for(state.writer.submit(stored), config.store_timeout)
         except Exception as error:
@@ -476,6 +799,8 @@ def create_app(
             flagged += result["decision"]
         state.metrics.decisions.labels(model.version, "1").inc(flagged)
         state.metrics.decisions.labels(model.version, "0").inc(len(results) - flagged)
+        if challenger is not None and challenger.version != model.version:
+            state.offer_shadow(challenger, rows, stored)
         return results if isinstance(body, list) else results[0]
 
     # ------------------------------------------------------------------ labels
@@ -487,10 +812,13 @@ def create_app(
         response_model=LabelResult,
         dependencies=protected,
         responses={
-            **invalid, **responses_401,
-            404: {"model": ValidationProblem,
-                  "description": "A score_id names no stored score of this environment; "
-                                 "nothing was stored."},
+            **invalid,
+            **responses_401,
+            404: {
+                "model": ValidationProblem,
+                "description": "A score_id names no stored score of this environment; "
+                "nothing was stored.",
+            },
         },
         tags=["ground truth"],
         summary="Ground truth for stored scores (by score id or record id); idempotent",
@@ -504,8 +832,11 @@ def create_app(
         wanted = [score_id for score_id in score_ids if score_id is not None]
         known = await asyncio.to_thread(state.store.record_ids_for_scores, wanted) if wanted else {}
         by_record_ids = state.pseudonymise(
-            [item.record_id for item, score_id in zip(items, score_ids, strict=True)
-             if score_id is None]
+            [
+                item.record_id
+                for item, score_id in zip(items, score_ids, strict=True)
+                if score_id is None
+            ]
         )
         problems: list[dict[str, Any]] = []
         rows: dict[str, dict[str, Any]] = {}
@@ -515,32 +846,52 @@ def create_app(
         for index, (item, score_id) in enumerate(zip(items, score_ids, strict=True)):
             if score_id is not None:
                 found = known.get(score_id)
-                where = {"loc": ["body", "labels", index, "score_id"],
-                         "field": f"labels[{index}].score_id", "value": score_id}
+                where = {
+                    "loc": ["body", "labels", index, "score_id"],
+                    "field": f"labels[{index}].score_id",
+                    "value": score_id,
+                }
                 if found is None:
-                    problems.append(FieldError(
-                        rule="unknown_score_id", msg="no stored score has this id", **where,
-                    ).model_dump())
+                    problems.append(
+                        FieldError(
+                            rule="unknown_score_id",
+                            msg="no stored score has this id",
+                            **where,
+                        ).model_dump()
+                    )
                     continue
                 if found[0] != state.environment:
-                    problems.append(FieldError(
-                        rule="other_environment",
-                        msg=f"the score belongs to environment {found[0]!r}, not "
-                            f"{state.environment!r}", **where,
-                    ).model_dump())
+                    problems.append(
+                        FieldError(
+                            rule="other_environment",
+                            msg=f"the score belongs to environment {found[0]!r}, not "
+                            f"{state.environment!r}",
+                            **where,
+                        ).model_dump()
+                    )
                     continue
                 record_id = found[1]
             else:
                 record_id = next(next_record)
             # The newest word on a record wins, also within one request.
-            rows[record_id] = {"environment": state.environment, "record_id": record_id,
-                               "label": item.label, "source": source, "labeled_at": now}
+            rows[record_id] = {
+                "environment": state.environment,
+                "record_id": record_id,
+                "label": item.label,
+                "source": source,
+                "labeled_at": now,
+            }
         if problems:
             # 404: the request is well-formed, but names scores this service does not hold.
             raise HTTPException(404, detail=problems)
         stored = await asyncio.to_thread(state.store.upsert_labels, list(rows.values()))
-        return LabelResult(stored=stored, environment=state.environment,
-                           by_score_id=len(wanted), by_record_id=len(by_record_ids))
+        state.labels_arrived()
+        return LabelResult(
+            stored=stored,
+            environment=state.environment,
+            by_score_id=len(wanted),
+            by_record_id=len(by_record_ids),
+        )
 
     # ------------------------------------------------------------------ audit and verification
 
@@ -567,8 +918,11 @@ def create_app(
         response_model=QualityReport,
         responses={
             200: {"content": {"text/html": {}}, "description": "JSON, or HTML with format=html."},
-            404: {"model": Problem, "description": "format=html, and no labelled scores in "
-                  "the window or Evidently could not build a report from them."},
+            404: {
+                "model": Problem,
+                "description": "format=html, and no labelled scores in "
+                "the window or Evidently could not build a report from them.",
+            },
             422: {"model": ValidationProblem, "description": "Bad window or format."},
         },
         tags=["audit"],
@@ -587,8 +941,9 @@ def create_app(
         imported so far. `format=html` returns Evidently's report for people."""
         start, end = _utc(scored_from, "from"), _utc(scored_to, "to")
         if start is not None and end is not None and start >= end:
-            raise _field_error(422, "to", "after_from", "must be later than 'from'",
-                               end.isoformat())
+            raise _field_error(
+                422, "to", "after_from", "must be later than 'from'", end.isoformat()
+            )
         async with state.report_lock:  # Evidently is CPU-heavy: one report at a time
             return await asyncio.to_thread(_build_report, state, start, end, output)
 
@@ -604,7 +959,7 @@ def create_app(
     )
     async def reload() -> ReloadResult:
         try:
-            outcome = await state.models.refresh()
+            outcome, challenger = await state.refresh_models()
         except Exception as error:
             current = state.models.current
             still = f"; still serving version {current.version}" if current else ""
@@ -613,6 +968,7 @@ def create_app(
             changed=outcome.changed,
             previous_version=outcome.previous_version,
             model=None if outcome.current is None else ModelInfo(**outcome.current.info()),
+            challenger=None if challenger is None else ModelInfo(**challenger.info()),
         )
 
     @app.get("/healthz", response_model=Health, tags=["operations"], summary="Alive")
@@ -640,8 +996,12 @@ def create_app(
         if not (state.scorer.running and state.writer.running):
             reasons.append("the scoring or write path is stopped")
         body = Readiness(
-            status="not ready" if reasons else "ready", reasons=reasons,
+            status="not ready" if reasons else "ready",
+            reasons=reasons,
             model=None if model is None else ModelInfo(**model.info()),
+            challenger=None
+            if (shadow := state.challenger_model) is None
+            else ModelInfo(**shadow.info()),
         )
         return JSONResponse(body.model_dump(mode="json"), status_code=503 if reasons else 200)
 
@@ -653,6 +1013,7 @@ def create_app(
         summary="Prometheus metrics",
     )
     async def metrics() -> Response:
+        await state.refresh_label_times()
         return Response(state.metrics.render(), media_type=CONTENT_TYPE)
 
     app.add_middleware(BodyLimit, max_bytes=config.max_body_bytes)
@@ -664,6 +1025,74 @@ def create_app(
     return app
 
 
+def _online_days(
+    state: ServiceState, start: datetime | None, end: datetime | None
+) -> list[OnlineDay]:
+    """The serving versions' online scores per UTC day of scoring, answered and shadow apart."""
+    from pipeline.evidence import pr_auc
+
+    out: list[OnlineDay] = []
+    seen: set[tuple[str, str]] = set()
+    for _role, model in state._roles():
+        if (model.name, model.version) in seen:
+            continue
+        seen.add((model.name, model.version))
+        frame = state.store.online_scores_with_labels(
+            state.environment,
+            model.name,
+            model.version,
+            since=start,
+            until=end,
+            labeled_only=False,
+        )
+        for (day, shadow), group in frame.groupby(["day", "shadow"], sort=True):
+            labelled = group[group["label"].notna()]
+            y = labelled["label"].to_numpy(dtype=int)
+            positives = int(y.sum())
+            out.append(
+                OnlineDay(
+                    day=day,
+                    model_version=model.version,
+                    shadow=bool(shadow),
+                    scores=len(group),
+                    labelled=len(labelled),
+                    positives=positives,
+                    flagged=int(group["decision"].sum()),
+                    pr_auc=pr_auc(y, labelled["score"].to_numpy(dtype=float))
+                    if 0 < positives < len(y)
+                    else None,
+                )
+            )
+    return out
+
+
+def _shadow_report(
+    state: ServiceState, start: datetime | None, end: datetime | None
+) -> ShadowReport | None:
+    """Champion against the loaded challenger on the pairs scored in the window."""
+    from pipeline import shadow
+
+    champion, challenger = state.models.current, state.challenger_model
+    if champion is None or challenger is None or champion.version == challenger.version:
+        return None
+    pairs = state.store.shadow_pairs(
+        state.environment,
+        champion.name,
+        champion_version=champion.version,
+        challenger_version=challenger.version,
+        scored_from=start,
+        scored_to=end,
+    )
+    summary = shadow.compare_pairs(
+        pairs,
+        champion.version,
+        challenger.version,
+        shadow.margin_of(state.settings),
+        shadow.evidence_of(state.settings),
+    )
+    return ShadowReport(**summary)
+
+
 def _build_report(
     state: ServiceState, start: datetime | None, end: datetime | None, output: str
 ) -> Any:
@@ -672,11 +1101,19 @@ def _build_report(
         state.environment, scored_from=start, scored_to=end, labeled_only=False
     )
     labelled = frame[frame["label"].notna()]
-    base = {"environment": state.environment, "scored_from": start, "scored_to": end,
-            "scores": len(frame), "rows": len(labelled)}
+    base: dict[str, Any] = {
+        "environment": state.environment,
+        "scored_from": start,
+        "scored_to": end,
+        "scores": len(frame),
+        "rows": len(labelled),
+    }
+    if labelled.empty and output == "html":
+        raise HTTPException(404, "no labelled scores in this window: nothing to report")
+    if output == "json":
+        base["online"] = _online_days(state, start, end)
+        base["shadow"] = _shadow_report(state, start, end)
     if labelled.empty:
-        if output == "html":
-            raise HTTPException(404, "no labelled scores in this window: nothing to report")
         return QualityReport(**base, reason="no labelled scores in this window")
     from pipeline.drift_and_quality import quality_summary
 

@@ -17,6 +17,8 @@ must never be in a committed file.
 | CRISPML_SERVICE_COMMIT_WAIT_MS | 0 | extra wait to fill a commit; 0 = take what queued meanwhile |
 | CRISPML_SERVICE_PREDICT_MAX_ROWS | 512 | rows in one batched predict_proba call |
 | CRISPML_SERVICE_STORE_TIMEOUT | 10 | seconds a request waits for its commit before 503 |
+| CRISPML_SERVICE_SHADOW_MAX_BACKLOG | 2000 | challenger rows queued at most; more: dropped |
+| CRISPML_SERVICE_LABEL_AGE_TTL | 30 | seconds /metrics reuses the newest-label times |
 """
 
 from __future__ import annotations
@@ -66,6 +68,8 @@ class ServiceConfig:
     commit_wait_ms: float = 0.0
     predict_max_rows: int = 512
     store_timeout: float = 10.0
+    shadow_max_backlog: int = 2_000
+    label_age_ttl: float = 30.0
     score_requires_token: bool = False
     # repr=False: the token must never end up in a log line or a traceback.
     api_token: str | None = field(default=None, repr=False)
@@ -86,6 +90,8 @@ class ServiceConfig:
             "commit_wait_ms": (float, 0),
             "predict_max_rows": (int, 1),
             "store_timeout": (float, 0.1),
+            "shadow_max_backlog": (int, 0),
+            "label_age_ttl": (float, 0),
         }
         for key, (kind, minimum) in numbers.items():
             name = PREFIX + key.upper()

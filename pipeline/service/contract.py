@@ -32,7 +32,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Annotated, Any, Literal
 
 import numpy as np
@@ -129,7 +129,8 @@ def bool_parser(spec: ColumnSpec) -> Callable[[Any], bool]:
                     {"tokens": shown},
                 )
         raise PydanticCustomError(
-            "bool_type", "Input should be true, false or one of the tokens {tokens}",
+            "bool_type",
+            "Input should be true, false or one of the tokens {tokens}",
             {"tokens": shown},
         )
 
@@ -143,8 +144,10 @@ def datetime_parser(spec: ColumnSpec) -> Callable[[Any], datetime]:
     without an offset is taken as UTC; one with an offset is converted to UTC.
     """
     fmt = spec.format
-    expected = f"a date-time in the format {fmt}" if fmt else (
-        "an ISO 8601 date-time such as 2026-11-22T08:00:00Z"
+    expected = (
+        f"a date-time in the format {fmt}"
+        if fmt
+        else ("an ISO 8601 date-time such as 2026-11-22T08:00:00Z")
     )
 
     def parse(value: Any) -> datetime:
@@ -152,9 +155,7 @@ def datetime_parser(spec: ColumnSpec) -> Callable[[Any], datetime]:
             raise PydanticCustomError("datetime_type", f"Input should be {expected}")
         try:
             # RFC 3339 allows a lower-case t and z; fromisoformat does not.
-            parsed = datetime.strptime(value, fmt) if fmt else datetime.fromisoformat(
-                value.upper()
-            )
+            parsed = datetime.strptime(value, fmt) if fmt else datetime.fromisoformat(value.upper())
         except ValueError:
             raise PydanticCustomError("datetime_parsing", f"Input should be {expected}") from None
         try:
@@ -185,8 +186,9 @@ def _value_type(spec: ColumnSpec) -> tuple[Any, dict[str, Any]]:
             schema["description"] = f"date-time as {spec.format} (strptime format), UTC"
         else:
             schema["format"] = "date-time"
-        return Annotated[datetime, PlainValidator(datetime_parser(spec)),
-                         WithJsonSchema(schema)], {}
+        return Annotated[
+            datetime, PlainValidator(datetime_parser(spec)), WithJsonSchema(schema)
+        ], {}
     if spec.allowed:
         kind: Any = Annotated[
             Literal[tuple(spec.allowed)], BeforeValidator(_exact_type(spec.dtype))
@@ -321,10 +323,12 @@ class RecordSchema:
         _, values = self.values(self.model.model_validate(self.example))
         rows = [values]
         if self.nullable:
-            rows.append(tuple(
-                None if name in self.nullable else value
-                for name, value in zip(self.inputs, values, strict=True)
-            ))
+            rows.append(
+                tuple(
+                    None if name in self.nullable else value
+                    for name, value in zip(self.inputs, values, strict=True)
+                )
+            )
         return rows
 
 
@@ -364,10 +368,9 @@ def record_schema(contract: Contract, inputs: Sequence[str]) -> RecordSchema:
     )
     model = create_model("Record", __config__=config, **fields)
     said = {
-        None: "The contract declares no id column: each record's id is derived from its "
-              "content. ",
+        None: "The contract declares no id column: each record's id is derived from its content. ",
         True: f"The id ({id_column}) may be left out: it is then derived from the record's "
-              "content. ",
+        "content. ",
         False: "",
     }[None if id_column is None else id_optional]
     model.__doc__ = (
@@ -375,12 +378,15 @@ def record_schema(contract: Contract, inputs: Sequence[str]) -> RecordSchema:
         f"contract, and the contract's id column. {said}".strip()
     )
     dtypes = tuple(specs[name].dtype for name in inputs)
-    numeric = all(
-        specs[name].dtype in NUMERIC and not specs[name].nullable for name in inputs
-    )
+    numeric = all(specs[name].dtype in NUMERIC and not specs[name].nullable for name in inputs)
     return RecordSchema(
-        model=model, id_column=id_column, inputs=tuple(inputs), dtypes=dtypes,
-        attributes=attributes, numeric=numeric, id_optional=id_optional,
+        model=model,
+        id_column=id_column,
+        inputs=tuple(inputs),
+        dtypes=dtypes,
+        attributes=attributes,
+        numeric=numeric,
+        id_optional=id_optional,
         nullable=tuple(name for name in inputs if specs[name].nullable),
     )
 
@@ -415,7 +421,7 @@ class ScoreResult(_Out):
     score_id: str = Field(description="Id of the stored score: use it for labels and audit.")
     record_id: str = Field(
         description="The record id as sent or, for a record without one, the id derived "
-                    "from its content (use it for labels by record_id)."
+        "from its content (use it for labels by record_id)."
     )
     score: float = Field(ge=0, le=1, description="Probability of the positive class.")
     decision: Literal[0, 1] = Field(description="1 when score >= threshold.")
@@ -477,24 +483,43 @@ def label_request_model(contract: Contract, max_labels: int) -> type[BaseModel]:
     label's type and allowed values come from the contract's target column.
     """
     target = contract.target_spec
-    label = (label_type(target), Field(description=(
-        f"Ground truth ({target.name}), as the target's own value; stored as 1 when it is "
-        f"the positive class {target.positive_class!r}, else 0."
-    )))
+    label = (
+        label_type(target),
+        Field(
+            description=(
+                f"Ground truth ({target.name}), as the target's own value; stored as 1 when it is "
+                f"the positive class {target.positive_class!r}, else 0."
+            )
+        ),
+    )
     config = ConfigDict(extra="forbid", frozen=True)
     by_score = create_model(
         "LabelByScoreId",
         __config__=config,
-        score_id=(str, Field(min_length=1, max_length=SCORE_ID_MAX_LENGTH, strict=True,
-                             description="A score_id returned by POST /v1/score.")),
+        score_id=(
+            str,
+            Field(
+                min_length=1,
+                max_length=SCORE_ID_MAX_LENGTH,
+                strict=True,
+                description="A score_id returned by POST /v1/score.",
+            ),
+        ),
         label=label,
     )
     by_record = create_model(
         "LabelByRecordId",
         __config__=config,
-        record_id=(str, Field(min_length=1, max_length=RECORD_ID_MAX_LENGTH, strict=True,
-                              description="The record id as sent for scoring (every score "
-                                          "of that record gets the label).")),
+        record_id=(
+            str,
+            Field(
+                min_length=1,
+                max_length=RECORD_ID_MAX_LENGTH,
+                strict=True,
+                description="The record id as sent for scoring (every score "
+                "of that record gets the label).",
+            ),
+        ),
         label=label,
     )
     item = Annotated[
@@ -507,8 +532,13 @@ def label_request_model(contract: Contract, max_labels: int) -> type[BaseModel]:
         labels=(list[item], Field(min_length=1, max_length=max_labels)),  # type: ignore[valid-type]
         source=(
             str,
-            Field("api", min_length=1, max_length=SOURCE_MAX_LENGTH, strict=True,
-                  description="Who says so (stored with the label)."),
+            Field(
+                "api",
+                min_length=1,
+                max_length=SOURCE_MAX_LENGTH,
+                strict=True,
+                description="Who says so (stored with the label).",
+            ),
         ),
     )
 
@@ -537,6 +567,12 @@ class StoredScore(_Out):
     channel: str
     source: str
     scored_at: datetime
+    shadow: bool = Field(
+        False, description="A challenger's score computed in shadow: stored, never answered."
+    )
+    shadow_of: str | None = Field(
+        None, description="For a shadow score: the score_id of the answered score it shadows."
+    )
     label: int | None = None
     labeled_at: datetime | None = None
 
@@ -566,6 +602,60 @@ class QualityReport(_Out):
     roc_auc: float | None = None
     pr_auc: float | None = None
     reason: str | None = None
+    online: list[OnlineDay] = Field(
+        default_factory=list,
+        description="The serving versions' online scores in the window, per UTC day of "
+        "scoring, answered and shadow apart.",
+    )
+    shadow: ShadowReport | None = Field(
+        None,
+        description="Champion against challenger on the same records (when a "
+        "challenger is loaded or shadow scores exist in the window).",
+    )
+
+
+class OnlineDay(_Out):
+    """One model version's online scores of one UTC day, against the labels so far."""
+
+    day: date
+    model_version: str
+    shadow: bool = Field(description="True: the version's shadow scores as a challenger.")
+    scores: int
+    labelled: int
+    positives: int
+    flagged: int = Field(description="Scores with decision 1.")
+    pr_auc: float | None = Field(None, description="On the labelled scores (both classes).")
+
+
+class ShadowSide(_Out):
+    model_version: str
+    scores: int = Field(description="This side's scores of the compared pairs.")
+    labelled: int
+    pr_auc: float | None = Field(None, description="On the labelled pairs.")
+    flagged: int
+
+
+class ShadowReport(_Out):
+    """Champion and challenger on the same records: the paired bootstrap of PR-AUC."""
+
+    champion: ShadowSide
+    challenger: ShadowSide
+    pairs: int = Field(description="Answered scores that have a shadow score.")
+    labelled_pairs: int
+    positives: int
+    disagreements: int = Field(description="Pairs whose decisions differ.")
+    verdict: str | None = Field(
+        None, description="passed, failed or insufficient_evidence (no labels: null)."
+    )
+    difference: float | None = Field(None, description="PR-AUC challenger - champion.")
+    low: float | None = None
+    high: float | None = None
+    confidence: float | None = None
+    margin: float | None = None
+    reason: str
+
+
+QualityReport.model_rebuild()  # its fields name the two models defined after it
 
 
 class ModelInfo(_Out):
@@ -576,12 +666,16 @@ class ModelInfo(_Out):
     git_commit: str
     uri: str
     loaded_at: datetime
+    created_at: datetime | None = None
 
 
 class ReloadResult(_Out):
     changed: bool
     previous_version: str | None
     model: ModelInfo | None
+    challenger: ModelInfo | None = Field(
+        None, description="The challenger scored in shadow after the reload, if any."
+    )
 
 
 class Health(_Out):
@@ -592,6 +686,7 @@ class Readiness(_Out):
     status: Literal["ready", "not ready"]
     reasons: list[str] = []
     model: ModelInfo | None = None
+    challenger: ModelInfo | None = None
 
 
 class Problem(_Out):

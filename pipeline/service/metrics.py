@@ -7,16 +7,100 @@ apps in one process (tests, or a bench harness) never collide on metric names, a
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, Info, generate_latest
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    generate_latest,
+)
+from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 SCORE_BUCKETS = (
-    0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99, 1.0,
+    0.01,
+    0.02,
+    0.05,
+    0.1,
+    0.2,
+    0.3,
+    0.4,
+    0.5,
+    0.6,
+    0.7,
+    0.8,
+    0.9,
+    0.95,
+    0.98,
+    0.99,
+    1.0,
 )
 ROW_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+MODEL_AGE = "crispml_model_age_seconds"
+LABEL_AGE = "crispml_labelled_data_age_seconds"
+
+
+@dataclass(frozen=True)
+class Freshness:
+    """What the staleness gauges are computed from, for one role at one scrape."""
+
+    role: str  # champion, challenger, or environment (labels only)
+    model_version: str
+    created_at: datetime | None
+    newest_label_at: datetime | None
+
+
+class StalenessCollector:
+    """Model age and labelled-data age, computed at scrape time from `snapshot()`.
+
+    Ages are seconds from a fixed instant to now, so they are computed when Prometheus
+    scrapes rather than stored: a stored age would be stale itself between updates. A
+    role with no model (no challenger), or a model without labels yet, has no sample.
+    """
+
+    def __init__(self, snapshot: Callable[[], list[Freshness]]) -> None:
+        self._snapshot = snapshot
+
+    @staticmethod
+    def _families() -> tuple[GaugeMetricFamily, GaugeMetricFamily]:
+        return (
+            GaugeMetricFamily(
+                MODEL_AGE,
+                "Seconds since the serving version (role champion or challenger) was registered.",
+                labels=["role", "model_version"],
+            ),
+            GaugeMetricFamily(
+                LABEL_AGE,
+                "Seconds since the newest label arrived: for a record the version scored "
+                "online (champion, challenger), or any record of the environment.",
+                labels=["role", "model_version"],
+            ),
+        )
+
+    def describe(self) -> Iterator[Metric]:
+        yield from self._families()
+
+    def collect(self) -> Iterator[Metric]:
+        model_age, label_age = self._families()
+        now = time.time()
+        for item in self._snapshot():
+            labels = [item.role, item.model_version]
+            if item.created_at is not None:
+                model_age.add_metric(labels, max(0.0, now - item.created_at.timestamp()))
+            if item.newest_label_at is not None:
+                label_age.add_metric(labels, max(0.0, now - item.newest_label_at.timestamp()))
+        yield model_age
+        yield label_age
 
 
 class ServiceMetrics:
@@ -26,42 +110,91 @@ class ServiceMetrics:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.requests = Counter(
-            "crispml_http_requests", "HTTP requests answered.", ["method", "route", "status"],
+            "crispml_http_requests",
+            "HTTP requests answered.",
+            ["method", "route", "status"],
             registry=r,
         )
         self.latency = Histogram(
-            "crispml_http_request_duration_seconds", "Time from request to response.",
-            ["method", "route"], buckets=LATENCY_BUCKETS, registry=r,
+            "crispml_http_request_duration_seconds",
+            "Time from request to response.",
+            ["method", "route"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
         )
         self.scores = Histogram(
-            "crispml_score", "Distribution of the scores answered (and stored).",
-            ["model_version"], buckets=SCORE_BUCKETS, registry=r,
+            "crispml_score",
+            "Distribution of the scores answered (and stored).",
+            ["model_version"],
+            buckets=SCORE_BUCKETS,
+            registry=r,
         )
         self.decisions = Counter(
             "crispml_decisions", "Decisions answered.", ["model_version", "decision"], registry=r
         )
         self.model = Info("crispml_model", "The model version currently serving.", registry=r)
         self.reloads = Counter(
-            "crispml_model_reloads", "Model swaps and failed reload attempts.", ["result"],
+            "crispml_model_reloads",
+            "Model swaps and failed reload attempts.",
+            ["result"],
             registry=r,
         )
         self.stored = Counter("crispml_scores_stored", "Scores committed to the store.", registry=r)
         self.commit_rows = Histogram(
-            "crispml_store_commit_rows", "Rows per group-commit transaction.",
-            buckets=ROW_BUCKETS, registry=r,
+            "crispml_store_commit_rows",
+            "Rows per group-commit transaction.",
+            buckets=ROW_BUCKETS,
+            registry=r,
         )
         self.commit_seconds = Histogram(
-            "crispml_store_commit_duration_seconds", "Duration of one group commit.",
-            buckets=LATENCY_BUCKETS, registry=r,
+            "crispml_store_commit_duration_seconds",
+            "Duration of one group commit.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
         )
         self.store_failures = Counter(
-            "crispml_store_failures", "Group commits that failed (their requests got 503).",
+            "crispml_store_failures",
+            "Group commits that failed (their requests got 503).",
             registry=r,
         )
         self.predict_rows = Histogram(
-            "crispml_predict_batch_rows", "Rows per batched predict_proba call.",
-            buckets=ROW_BUCKETS, registry=r,
+            "crispml_predict_batch_rows",
+            "Rows per batched predict_proba call.",
+            buckets=ROW_BUCKETS,
+            registry=r,
         )
+
+        # Champion/challenger: the challenger scores in shadow, never answers.
+        self.shadow_scores = Counter(
+            "crispml_shadow_scores",
+            "Challenger scores stored in shadow (never answered).",
+            ["model_version"],
+            registry=r,
+        )
+        self.shadow_disagreements = Counter(
+            "crispml_shadow_disagreements",
+            "Shadow scores whose decision differs from the champion's answered one.",
+            ["model_version"],
+            registry=r,
+        )
+        self.shadow_failures = Counter(
+            "crispml_shadow_failures",
+            "Challenger work that failed, in rows (load: attempts). The champion's answer "
+            "never waits for it.",
+            ["stage"],
+            registry=r,
+        )
+        self.shadow_backlog = Gauge(
+            "crispml_shadow_backlog_rows",
+            "Rows waiting for the challenger; above the limit new ones are dropped.",
+            registry=r,
+        )
+        self.challenger_loaded = Gauge(
+            "crispml_challenger_loaded", "1 while a challenger is scored in shadow.", registry=r
+        )
+
+    def watch_staleness(self, snapshot: Callable[[], list[Freshness]]) -> None:
+        self.registry.register(StalenessCollector(snapshot))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

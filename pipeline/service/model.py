@@ -15,6 +15,11 @@ The model is named by a URI:
 * `models:/<name>/<version>`: one pinned version, never reloaded;
 * a local folder holding an MLflow model (e.g. data/models/model after `crispml
   train`): never reloaded; its threshold comes from reports/metrics.json.
+
+Beside an alias `@<alias>` the service also follows the challenger alias
+(`@<alias>-challenger` by default, `registry.challenger_alias`): a second manager with
+`optional=True`, for which "nobody holds the alias" is a normal state (no challenger),
+not an error.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ import logging
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -79,6 +84,17 @@ def default_model_uri(settings: Settings) -> str:
     return f"models:/{settings.registration.model_name}@{settings.alias}"
 
 
+def challenger_ref(ref: ModelRef, settings: Settings) -> ModelRef | None:
+    """The challenger beside an alias: the environment's challenger alias when `ref` is the
+    environment's alias, else `<alias>-challenger`. None for a pinned version or a folder,
+    which never move and so never get a shadow."""
+    if ref.kind != "alias":
+        return None
+    registry = settings.environment.registry
+    alias = registry.challenger if ref.alias == registry.alias else f"{ref.alias}-challenger"
+    return ModelRef("alias", f"models:/{ref.name}@{alias}", ref.name, alias=alias)
+
+
 @dataclass(frozen=True)
 class ServingModel:
     """One loaded model version and its lineage. Immutable: swapped whole, never edited."""
@@ -91,6 +107,9 @@ class ServingModel:
     git_commit: str
     uri: str
     loaded_at: datetime
+    # When the version was registered (a folder: when its MLmodel was written); the
+    # model's age in /metrics counts from here.
+    created_at: datetime | None = None
 
     def predict(self, frame: pd.DataFrame) -> np.ndarray:
         """Probability of the positive class for each row, as float64."""
@@ -105,6 +124,7 @@ class ServingModel:
             "git_commit": self.git_commit,
             "uri": self.uri,
             "loaded_at": self.loaded_at,
+            "created_at": self.created_at,
         }
 
 
@@ -177,6 +197,7 @@ class ModelLoader:
                 git_commit=tracking.git_commit(self.settings.root),
                 uri=self.ref.uri,
                 loaded_at=utcnow(),
+                created_at=self._path_created(),
             )
         else:
             client = self._registry()
@@ -195,6 +216,7 @@ class ModelLoader:
                 git_commit=tags.get("git_commit") or tracking.git_commit(self.settings.root),
                 uri=self.ref.uri,
                 loaded_at=utcnow(),
+                created_at=_from_millis(getattr(meta, "creation_timestamp", None)),
             )
         if self._warm_up is not None:
             self._warm_up(serving)
@@ -206,6 +228,17 @@ class ModelLoader:
         assert self.ref.path is not None
         meta = yaml.safe_load((self.ref.path / "MLmodel").read_text()) or {}
         return str(meta.get("run_id") or "none")
+
+    def _path_created(self) -> datetime | None:
+        import yaml
+
+        assert self.ref.path is not None
+        meta = yaml.safe_load((self.ref.path / "MLmodel").read_text()) or {}
+        raw = meta.get("utc_time_created")
+        try:
+            return datetime.fromisoformat(str(raw)).replace(tzinfo=UTC) if raw else None
+        except ValueError:
+            return None
 
     def _path_threshold(self) -> float:
         from pipeline.layout import Layout
@@ -219,6 +252,13 @@ class ModelLoader:
         return _threshold(json.loads(metrics.read_text()).get("threshold"), str(metrics))
 
 
+def _from_millis(value: Any) -> datetime | None:
+    try:
+        return datetime.fromtimestamp(int(value) / 1000, UTC) if value else None
+    except (TypeError, ValueError, OverflowError):
+        return None
+
+
 @dataclass(frozen=True)
 class Reload:
     changed: bool
@@ -227,22 +267,51 @@ class Reload:
 
 
 class ModelManager:
-    """Holds the serving model and replaces it when its reference moves."""
+    """Holds the serving model and replaces it when its reference moves.
+
+    With `optional=True` (the challenger) an alias held by nobody is a normal state:
+    `current` becomes None and `on_change(None)` is called. A version that failed to load
+    or warm up is then dropped too (the alias no longer names the old one) and not
+    loaded again until the alias moves, so a broken challenger costs one load, not one
+    per poll.
+    """
 
     def __init__(
         self,
         loader: ModelLoader,
         *,
-        on_change: Callable[[ServingModel], None] | None = None,
+        on_change: Callable[[ServingModel | None], None] | None = None,
         on_failure: Callable[[Exception], None] | None = None,
+        optional: bool = False,
     ) -> None:
         self.loader = loader
         self.current: ServingModel | None = None
         self.last_error: str | None = None
+        self.optional = optional
+        self._failed_version: str | None = None
         self._on_change = on_change
         self._on_failure = on_failure
         self._lock = asyncio.Lock()
         self._poller: asyncio.Task[None] | None = None
+
+    def mark_failed(self, version: str | None) -> None:
+        """Optional manager: `version` failed to load; wait for the alias to move."""
+        if self.optional:
+            self._failed_version = version
+
+    def _drop(self, previous: ServingModel | None) -> Reload:
+        """Optional manager: nothing (valid) holds the alias any more."""
+        self.current = None
+        if previous is not None:
+            log.info(
+                "no longer scoring %s version %s (@%s)",
+                previous.name,
+                previous.version,
+                self.loader.ref.alias,
+            )
+            if self._on_change is not None:
+                self._on_change(None)
+        return Reload(previous is not None, previous.version if previous else None, None)
 
     async def refresh(self) -> Reload:
         """Resolve the reference; when it points elsewhere, load, warm up, then swap.
@@ -254,6 +323,10 @@ class ModelManager:
             previous = self.current
             try:
                 version = await asyncio.to_thread(self.loader.resolve)
+                if version is None and self.optional:
+                    self.last_error = None
+                    self._failed_version = None
+                    return self._drop(previous)
                 if version is None:
                     raise ServiceUnavailable(
                         f"no version of model {self.loader.ref.name!r} holds alias "
@@ -262,19 +335,33 @@ class ModelManager:
                 if previous is not None and previous.version == version:
                     self.last_error = None
                     return Reload(False, previous.version, previous)
-                loaded = await asyncio.to_thread(self.loader.load, version)
+                if self.optional and version == self._failed_version:
+                    return Reload(False, None, None)  # known broken: wait for the alias to move
             except Exception as error:
                 self.last_error = str(error)
                 if self._on_failure is not None:
                     self._on_failure(error)
                 raise
+            try:
+                loaded = await asyncio.to_thread(self.loader.load, version)
+            except Exception as error:
+                self.last_error = str(error)
+                if self._on_failure is not None:
+                    self._on_failure(error)
+                if self.optional:
+                    self._failed_version = version
+                    self._drop(previous)
+                raise
+            self._failed_version = None
             self.current = loaded  # the atomic swap: new requests see the new version
             self.last_error = None
             if self._on_change is not None:
                 self._on_change(loaded)
             log.info(
                 "serving %s version %s (was %s)",
-                loaded.name, loaded.version, previous.version if previous else None,
+                loaded.name,
+                loaded.version,
+                previous.version if previous else None,
             )
             return Reload(True, previous.version if previous else None, loaded)
 
@@ -290,7 +377,13 @@ class ModelManager:
             try:
                 await self.refresh()
             except Exception as error:  # keep serving what we have
-                log.warning("model reload failed, still serving the current model: %s", error)
+                current = self.current.version if self.current else None
+                log.warning(
+                    "reload of @%s failed (current version: %s): %s",
+                    self.loader.ref.alias,
+                    current,
+                    error,
+                )
 
     async def stop(self) -> None:
         if self._poller is not None:

@@ -3,6 +3,12 @@
 One implementation for SQLite (the embedded default, in WAL mode) and PostgreSQL.
 Writes are idempotent: batch scores have deterministic ids and are inserted with
 ON CONFLICT DO NOTHING, labels are upserted, so a re-run never duplicates a row.
+
+Shadow scores (revision 0002): when a challenger runs beside the champion, the service
+stores the challenger's score of every answered record as a row with `shadow` true and
+`shadow_of` naming the champion's score_id. Its id is derived from that pair
+(`shadow_score_id`), so it can never take the champion's id. Every reader that means
+"the answered scores" leaves shadow rows out unless asked.
 """
 
 from __future__ import annotations
@@ -12,7 +18,7 @@ import uuid
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pandas as pd
 import sqlalchemy as sa
@@ -34,8 +40,28 @@ def new_score_id() -> str:
     return uuid.uuid4().hex
 
 
+def shadow_score_id(champion_score_id: str, model_version: str) -> str:
+    """The id of a challenger's shadow score of the answered score `champion_score_id`.
+
+    Derived, so storing the same shadow twice is a no-op, and namespaced with "shadow",
+    so it is never the id of an answered score (a random uuid or a batch id).
+    """
+    key = f"{champion_score_id}|{model_version}|shadow"
+    return hashlib.sha256(key.encode()).hexdigest()[:32]
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def as_utc(values: pd.Series) -> pd.Series:
+    """Stored times as aware UTC: SQLite hands back naive ones (the store writes UTC)."""
+    return pd.to_datetime(values, utc=True)
+
+
+# Columns a writer may leave out: every row of one INSERT must name the same columns.
+_SCORE_DEFAULTS = {"shadow": False, "shadow_of": None}
+ONLINE_CHANNEL = "api"
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -111,6 +137,8 @@ class ScoreStore:
         """Insert in one transaction; rows whose score_id exists are skipped. Returns rows added."""
         if not rows:
             return 0
+        if any(key not in row for row in rows for key in _SCORE_DEFAULTS):
+            rows = [{**_SCORE_DEFAULTS, **row} for row in rows]
         # RETURNING yields exactly the rows added (a conflict returns nothing); rowcount
         # is -1 for executemany on psycopg, so it cannot be trusted across drivers.
         statement = (
@@ -189,8 +217,14 @@ class ScoreStore:
         scored_from: datetime | None = None,
         scored_to: datetime | None = None,
         labeled_only: bool = True,
+        shadow: bool | None = False,
     ) -> pd.DataFrame:
-        """Stored scores joined with their labels: the input of every verification."""
+        """Stored scores joined with their labels: the input of every verification.
+
+        `shadow=False` (the default) reads the answered scores only, True the
+        challengers' shadow scores only, None both (`online_scores_with_labels` has the
+        flag as a column).
+        """
         join = scores.outerjoin(
             labels,
             sa.and_(
@@ -214,6 +248,8 @@ class ScoreStore:
             .select_from(join)
             .where(scores.c.environment == environment)
         )
+        if shadow is not None:
+            query = query.where(scores.c.shadow.is_(shadow))
         if model_name is not None:
             query = query.where(scores.c.model_name == model_name)
         if model_version is not None:
@@ -230,6 +266,167 @@ class ScoreStore:
             query = query.where(labels.c.label.is_not(None))
         with self.engine.connect() as conn:
             return pd.read_sql_query(query, conn)
+
+    def online_scores_with_labels(
+        self,
+        environment: str,
+        model_name: str,
+        model_version: str,
+        *,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        shadow: bool | None = None,
+        labeled_only: bool = True,
+    ) -> pd.DataFrame:
+        """The online (service) scores of one model version, joined with their labels.
+
+        Online means scored by the service (channel "api"), as opposed to the batch score
+        stage. Rows are scored at `since` or later and before `until` (UTC); with
+        `labeled_only` only scores whose record has a label. `shadow=None` returns both
+        the version's answered scores and its shadow scores (as a challenger), False or
+        True one kind. Columns, one row per score, sorted by scoring time:
+
+        score_id, record_id, day (UTC date of scoring, a `datetime.date`), frame (None
+        for the service unless it was given), scored_at (aware UTC), score, decision,
+        threshold, shadow (bool), label (0/1; NaN when unlabelled).
+
+        Group by `day` (or `frame`) for verification per day or per frame.
+        """
+        join = scores.outerjoin(
+            labels,
+            sa.and_(
+                labels.c.environment == scores.c.environment,
+                labels.c.record_id == scores.c.record_id,
+            ),
+        )
+        query = (
+            sa.select(
+                scores.c.score_id,
+                scores.c.record_id,
+                scores.c.frame,
+                scores.c.scored_at,
+                scores.c.score,
+                scores.c.decision,
+                scores.c.threshold,
+                scores.c.shadow,
+                labels.c.label,
+            )
+            .select_from(join)
+            .where(
+                scores.c.environment == environment,
+                scores.c.model_name == model_name,
+                scores.c.model_version == str(model_version),
+                scores.c.channel == ONLINE_CHANNEL,
+            )
+            .order_by(scores.c.scored_at, scores.c.score_id)
+        )
+        if shadow is not None:
+            query = query.where(scores.c.shadow.is_(shadow))
+        if since is not None:
+            query = query.where(scores.c.scored_at >= since)
+        if until is not None:
+            query = query.where(scores.c.scored_at < until)
+        if labeled_only:
+            query = query.where(labels.c.label.is_not(None))
+        with self.engine.connect() as conn:
+            frame = pd.read_sql_query(query, conn)
+        frame["scored_at"] = as_utc(frame["scored_at"])
+        frame["shadow"] = frame["shadow"].astype(bool)
+        frame.insert(2, "day", frame["scored_at"].dt.date)
+        return frame
+
+    def shadow_pairs(
+        self,
+        environment: str,
+        model_name: str,
+        *,
+        champion_version: str | None = None,
+        challenger_version: str | None = None,
+        scored_from: datetime | None = None,
+        scored_to: datetime | None = None,
+        labeled_only: bool = False,
+    ) -> pd.DataFrame:
+        """Each shadow score beside the answered score it shadows, with the record's label.
+
+        One row per pair, the same record scored in the same request by both models.
+        Columns: score_id (the champion's), record_id, scored_at (aware UTC),
+        champion_version, champion_score, champion_decision, challenger_version,
+        challenger_score, challenger_decision, label (NaN when unlabelled).
+        """
+        champion = scores.alias("champion")
+        challenger = scores.alias("challenger")
+        join = challenger.join(champion, champion.c.score_id == challenger.c.shadow_of).outerjoin(
+            labels,
+            sa.and_(
+                labels.c.environment == champion.c.environment,
+                labels.c.record_id == champion.c.record_id,
+            ),
+        )
+        query = (
+            sa.select(
+                champion.c.score_id,
+                champion.c.record_id,
+                champion.c.scored_at,
+                champion.c.model_version.label("champion_version"),
+                champion.c.score.label("champion_score"),
+                champion.c.decision.label("champion_decision"),
+                challenger.c.model_version.label("challenger_version"),
+                challenger.c.score.label("challenger_score"),
+                challenger.c.decision.label("challenger_decision"),
+                labels.c.label,
+            )
+            .select_from(join)
+            .where(
+                challenger.c.environment == environment,
+                challenger.c.model_name == model_name,
+                challenger.c.shadow.is_(True),
+            )
+            .order_by(champion.c.scored_at, champion.c.score_id)
+        )
+        if champion_version is not None:
+            query = query.where(champion.c.model_version == str(champion_version))
+        if challenger_version is not None:
+            query = query.where(challenger.c.model_version == str(challenger_version))
+        if scored_from is not None:
+            query = query.where(champion.c.scored_at >= scored_from)
+        if scored_to is not None:
+            query = query.where(champion.c.scored_at < scored_to)
+        if labeled_only:
+            query = query.where(labels.c.label.is_not(None))
+        with self.engine.connect() as conn:
+            frame = pd.read_sql_query(query, conn)
+        frame["scored_at"] = as_utc(frame["scored_at"])
+        return frame
+
+    def newest_label_at(
+        self,
+        environment: str,
+        *,
+        model_name: str | None = None,
+        model_version: str | None = None,
+        channel: Literal["api", "batch"] | None = None,
+    ) -> datetime | None:
+        """When the newest label arrived: of the environment, or (given a model and
+        version) of a record that version scored. None when no label arrived yet."""
+        query = sa.select(sa.func.max(labels.c.labeled_at)).where(
+            labels.c.environment == environment
+        )
+        if model_name is not None or model_version is not None or channel is not None:
+            scored = sa.select(scores.c.record_id).where(scores.c.environment == environment)
+            if model_name is not None:
+                scored = scored.where(scores.c.model_name == model_name)
+            if model_version is not None:
+                scored = scored.where(scores.c.model_version == str(model_version))
+            if channel is not None:
+                scored = scored.where(scores.c.channel == channel)
+            query = query.where(labels.c.record_id.in_(scored))
+        with self.engine.connect() as conn:
+            value = conn.execute(query).scalar_one_or_none()
+        if value is None:
+            return None
+        if isinstance(value, str):  # SQLite's max() of a DateTime column is text
+            value = datetime.fromisoformat(value)
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
     def dispose(self) -> None:
         self.engine.dispose()

@@ -27,6 +27,11 @@ scores = sa.Table(
     sa.Column("channel", sa.String(16), nullable=False),
     sa.Column("source", sa.String(300), nullable=False),
     sa.Column("scored_at", sa.DateTime(timezone=True), nullable=False),
+    # A challenger's score, computed in shadow beside the champion's and never answered
+    # (revision 0002). `shadow_of` is the score_id of the champion's answered score of
+    # the same request and record: the pair a champion/challenger comparison reads.
+    sa.Column("shadow", sa.Boolean, nullable=False, default=False, server_default=sa.false()),
+    sa.Column("shadow_of", sa.String(64), nullable=True),
     sa.Index("ix_scores_record", "environment", "record_id"),
     sa.Index("ix_scores_model_frame", "environment", "model_name", "model_version", "frame"),
     sa.Index("ix_scores_scored_at", "scored_at"),

@@ -1,8 +1,10 @@
 """Drive the real `.gitlab-ci.yml` with gitlab-ci-local on a throwaway Git repository.
 
-gitlab-ci-local runs jobs in the shell (`--force-shell-executor`), each in a fresh copy
-of the committed tree (`--shell-isolation`), with artifacts passed between jobs as
-GitLab would. Two things it does not do are done here, from the real file:
+Pipelines run through `crispml ci local` (pipeline/gitops/local.py), the command a person
+uses: gitlab-ci-local runs the jobs in the shell (`--force-shell-executor`), each in a
+fresh copy of the committed tree (`--shell-isolation`), with artifacts passed between
+jobs as GitLab would and never copied back (`--no-artifacts-to-source`). What
+gitlab-ci-local does not do, the command does from the real file:
 
 * it ignores `workflow:rules`, so `workflow_variables` evaluates them (which pipelines
   exist, and the variables such as CRISPML_ENV they set) and passes the result on;
@@ -19,10 +21,15 @@ import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import pytest
-import yaml
+
+from pipeline.gitops.local import (
+    RuleSyntaxError,
+    evaluate,
+    load_ci,
+    workflow_variables,
+)
 
 PROJECT = Path(__file__).resolve().parents[2]
 GITLAB_CI_LOCAL = shutil.which("gitlab-ci-local")
@@ -49,119 +56,13 @@ PROJECT_FILES = (
 
 # --------------------------------------------------------------------------- rules
 
-
-class RuleSyntaxError(ValueError):
-    """An expression this evaluator does not know: fail loudly, never guess."""
-
-
-_TOKEN = re.compile(
-    r"""\s*(?:
-        (?P<var>\$[A-Za-z_][A-Za-z0-9_]*)
-      | (?P<str>"[^"]*"|'[^']*')
-      | (?P<re>/(?:\\/|[^/])*/)
-      | (?P<op>==|!=|=~|!~|&&|\|\||\(|\))
-      | (?P<null>null)
-    )""",
-    re.VERBOSE,
-)
-
-
-def _tokens(expression: str) -> list[tuple[str, str]]:
-    out, pos = [], 0
-    expression = expression.strip()
-    while pos < len(expression):
-        match = _TOKEN.match(expression, pos)
-        if not match or match.end() == pos:
-            raise RuleSyntaxError(f"cannot parse {expression[pos:]!r} in {expression!r}")
-        kind = match.lastgroup or ""
-        out.append((kind, match.group(kind)))
-        pos = match.end()
-        while pos < len(expression) and expression[pos].isspace():
-            pos += 1
-    return out
-
-
-def evaluate(expression: str, variables: Mapping[str, str]) -> bool:
-    """Evaluate a GitLab `rules:if` expression (the subset .gitlab-ci.yml uses)."""
-    tokens = _tokens(expression)
-    position = 0
-
-    def peek() -> tuple[str, str] | None:
-        return tokens[position] if position < len(tokens) else None
-
-    def take() -> tuple[str, str]:
-        nonlocal position
-        token = tokens[position]
-        position += 1
-        return token
-
-    def value(token: tuple[str, str]) -> Any:
-        kind, text = token
-        if kind == "var":
-            return variables.get(text[1:]) or None
-        if kind == "str":
-            return text[1:-1]
-        if kind == "null":
-            return None
-        if kind == "re":
-            return re.compile(text[1:-1])
-        raise RuleSyntaxError(f"unexpected {text!r} in {expression!r}")
-
-    def comparison() -> bool:
-        token = take()
-        if token == ("op", "("):
-            result = disjunction()
-            if take() != ("op", ")"):
-                raise RuleSyntaxError(f"missing ')' in {expression!r}")
-            return result
-        left = value(token)
-        following = peek()
-        if following and following[0] == "op" and following[1] in ("==", "!=", "=~", "!~"):
-            op = take()[1]
-            right = value(take())
-            if op == "==":
-                return left == right
-            if op == "!=":
-                return left != right
-            matched = bool(left is not None and right.search(left))
-            return matched if op == "=~" else not matched
-        return bool(left)
-
-    def conjunction() -> bool:
-        result = comparison()
-        while peek() == ("op", "&&"):
-            take()
-            result = comparison() and result
-        return result
-
-    def disjunction() -> bool:
-        result = conjunction()
-        while peek() == ("op", "||"):
-            take()
-            result = conjunction() or result
-        return result
-
-    result = disjunction()
-    if position != len(tokens):
-        raise RuleSyntaxError(f"trailing tokens in {expression!r}")
-    return result
-
-
-def workflow_variables(
-    ci: Mapping[str, Any], variables: Mapping[str, str]
-) -> dict[str, str] | None:
-    """What `workflow:rules` decides: None when no pipeline runs, else its variables."""
-    for rule in ci.get("workflow", {}).get("rules", []):
-        if "if" in rule and not evaluate(rule["if"], variables):
-            continue
-        if rule.get("when") == "never":
-            return None
-        return {k: str(v) for k, v in (rule.get("variables") or {}).items()}
-    return None
-
-
-def load_ci(path: Path) -> dict[str, Any]:
-    return yaml.safe_load(path.read_text(encoding="utf-8"))
+# The evaluator of `workflow:rules` is the one `crispml ci local` uses.
+__all__ = [
+    "RuleSyntaxError",
+    "evaluate",
+    "load_ci",
+    "workflow_variables",
+]
 
 
 # --------------------------------------------------------------------------- repository
@@ -241,41 +142,35 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 def run_pipeline(
     repo: Path,
-    jobs: Sequence[str],
-    variables: Mapping[str, str],
-    unset: Sequence[str] = (),
+    env: str | None = None,
+    *,
+    mr: str | None = None,
+    iid: int = 1,
+    source: str = "push",
+    jobs: Sequence[str] = (),
     manual: Sequence[str] = (),
-    timeout: float = 900,
+    variables: Mapping[str, str] | None = None,
+    state: Path | None = None,
+    timeout: float = 1800,
 ) -> PipelineRun:
-    """Run `jobs` of the real .gitlab-ci.yml as one pipeline; raise if none would exist."""
+    """Run jobs of the real .gitlab-ci.yml as one pipeline, with `crispml ci local`."""
     import time
 
     assert GITLAB_CI_LOCAL, "gitlab-ci-local is not installed"
+    crispml = shutil.which("crispml")
+    assert crispml, "crispml is not on PATH"
+    args = [crispml, "ci", "local"]
+    if env:
+        args.append(env)
+    if mr:
+        args += ["--mr", mr, "--iid", str(iid)]
+    args += ["--source", source]
+    args += [f"--job={job}" for job in jobs]
+    args += [f"--manual={job}" for job in manual]
+    args += [f"--variable={k}={v}" for k, v in (variables or {}).items()]
+    if state is not None:
+        args += ["--state", str(state)]
     ci = load_ci(repo / ".gitlab-ci.yml")
-    branch = git(repo, "rev-parse", "--abbrev-ref", "HEAD").stdout.strip()
-    predefined = {
-        "CI_COMMIT_BRANCH": branch,
-        "CI_COMMIT_REF_NAME": branch,
-        "CI_PIPELINE_SOURCE": "push",
-    }
-    seen = {**predefined, **variables}
-    for name in unset:
-        seen.pop(name, None)
-    decided = workflow_variables(ci, seen)
-    if decided is None:
-        raise AssertionError(f"workflow:rules make no pipeline for {seen}")
-    args = [
-        GITLAB_CI_LOCAL,
-        "--shell-isolation",
-        "--force-shell-executor",
-        "--no-artifacts-to-source",
-        "--no-color",
-        "--max-job-name-padding=0",
-        *[f"--variable={k}={v}" for k, v in {**variables, **decided}.items()],
-        *[f"--unset-variable={name}" for name in unset],
-        *[f"--manual={name}" for name in manual],
-        *jobs,
-    ]
     started = time.monotonic()
     done = subprocess.run(args, cwd=repo, capture_output=True, text=True, timeout=timeout)
     output = _ANSI.sub("", done.stdout + done.stderr)

@@ -7,6 +7,7 @@ holds is checked with gitlab-ci-local's own rule engine (`--list`).
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -22,6 +23,8 @@ from ci_harness import (
     requires_gitlab_ci_local,
     workflow_variables,
 )
+
+from pipeline.errors import ConfigError
 
 CI_FILE = PROJECT / ".gitlab-ci.yml"
 
@@ -152,6 +155,8 @@ def test_jobs_in_each_pipeline(tmp_path: Path) -> None:
     git(repo, "init", "-q", "-b", "dev")
     git(repo, "add", "-A")
     git(repo, "-c", "user.name=t", "-c", "user.email=t@example.invalid", "commit", "-qm", "ci")
+    # gitlab-ci-local evaluates `rules:changes` against origin's default branch.
+    git(repo, "update-ref", "refs/remotes/origin/main", "HEAD")
 
     review = _listed(repo, "feature/x", _mr("dev"), unset=("CI_COMMIT_BRANCH",))
     assert set(review) == {"lint", "unit-tests", "reproduce", "gate", "mr-report"}
@@ -178,10 +183,21 @@ def test_jobs_in_each_pipeline(tmp_path: Path) -> None:
     prod = _listed(repo, "prod", {})
     assert prod["deploy:prod"][0] == "manual"
     assert prod["gate"][1] == "true", "prod's promote job decides, with the QA fallback"
+    assert prod["promote:prod-champion"][0] == "manual", "@prod moves only when a person says"
     assert "deploy:dev" not in prod and "mr-report" not in prod
+    assert "promote:prod-champion" not in qa and "promote:prod-champion" not in dev
 
     schedule = _listed(repo, "prod", {"CI_PIPELINE_SOURCE": "schedule"})
-    assert set(schedule) == {"continuous-training"}
+    assert set(schedule) == {"continuous-training", "shadow-promote"}
+    assert set(_listed(repo, "dev", {"CI_PIPELINE_SOURCE": "schedule"})) == {"continuous-training"}
+
+    # The jobs' image is rebuilt when what goes into it changes.
+    (repo / "pyproject.toml").write_text("[project]\nname = 'x'\n")
+    git(repo, "checkout", "-q", "-B", "feature/deps")
+    git(repo, "add", "-A")
+    git(repo, "-c", "user.name=t", "-c", "user.email=t@example.invalid", "commit", "-qm", "deps")
+    review = _listed(repo, "feature/deps", _mr("dev"), unset=("CI_COMMIT_BRANCH",))
+    assert "ci-image" in review
 
 
 @requires_gitlab_ci_local
@@ -197,6 +213,7 @@ def test_jobs_run_the_commits_own_code(tmp_path: Path) -> None:
     git(repo, "init", "-q", "-b", "dev")
     git(repo, "add", "-A")
     git(repo, "-c", "user.name=t", "-c", "user.email=t@example.invalid", "commit", "-qm", "ci")
+    git(repo, "update-ref", "refs/remotes/origin/main", "HEAD")  # for `rules:changes`
     if shutil.which("crispml") is None:
         pytest.skip("crispml is not on PATH: nothing installed that could shadow the commit")
     args = [GITLAB_CI_LOCAL or "", "--shell-isolation", "--force-shell-executor", "--no-color"]
@@ -204,3 +221,153 @@ def test_jobs_run_the_commits_own_code(tmp_path: Path) -> None:
     done = subprocess.run(args, cwd=repo, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout.count("this commit s pipeline package") == 2, done.stdout
+
+
+# --------------------------------------------------------------------------- what the jobs do
+
+
+def _jobs(ci: dict) -> dict[str, dict]:
+    return {name: job for name, job in ci.items() if isinstance(job, dict) and "script" in job}
+
+
+def _lines(job: dict) -> list[str]:
+    return [*(job.get("before_script") or []), *(job.get("script") or [])]
+
+
+def test_no_job_takes_its_store_from_a_variable_named_crispml_store_url() -> None:
+    """A project-level CRISPML_STORE_URL outranks anything this file sets (rules:variables
+    included), so the file must not rely on that name: `crispml ci setup` decides."""
+    ci = load_ci(CI_FILE)
+    for name, job in _jobs(ci).items():
+        assert "CRISPML_STORE_URL" not in (job.get("variables") or {}), name
+        for rule in job.get("rules") or []:
+            assert "CRISPML_STORE_URL" not in (rule.get("variables") or {}), name
+        lines = _lines(job)
+        for i, line in enumerate(lines):
+            if line.startswith("crispml ci setup"):
+                assert "--env-file .crispml/ci.env" in line, f"{name}: {line}"
+                assert lines[i + 1] == ". ./.crispml/ci.env", f"{name} must source the file next"
+        uses_store = any(
+            line.startswith(
+                ("dvc repro", "crispml ci continuous-training", "crispml shadow promote")
+            )
+            for line in lines
+        )
+        if uses_store:
+            assert any(line.startswith("crispml ci setup") for line in lines), name
+    assert "CRISPML_STORE_URL" not in (ci.get("variables") or {})
+
+
+def test_alias_movers_share_one_resource_group_per_branch() -> None:
+    ci = load_ci(CI_FILE)
+    group = "crispml-$CI_COMMIT_REF_SLUG"
+    for name in (
+        "reproduce",
+        "promote",
+        "promote:prod-champion",
+        "rollback",
+        "continuous-training",
+        "shadow-promote",
+    ):
+        assert ci[name]["resource_group"] == group, name
+
+
+def test_jobs_run_in_the_pinned_ci_image() -> None:
+    """The image's tag is the hash of what goes into it: a dependency change renames it."""
+    import hashlib
+
+    ci = load_ci(CI_FILE)
+    digest = hashlib.sha256(
+        (PROJECT / "pyproject.toml").read_bytes() + (PROJECT / "Dockerfile").read_bytes()
+    ).hexdigest()[:12]
+    assert ci["variables"]["CRISPML_CI_IMAGE_TAG"] == f"deps-{digest}", (
+        "pyproject.toml or Dockerfile changed: set CRISPML_CI_IMAGE_TAG to "
+        f"deps-{digest} in .gitlab-ci.yml (the ci-image job builds it)"
+    )
+    assert ci["default"]["image"] == "$CRISPML_CI_IMAGE"
+    for name in ("gate", "promote", "rollback", "reproduce"):
+        assert "image" not in ci[name], f"{name} must use the default CI image"
+    build = " ".join(ci["ci-image"]["script"])
+    assert "--target ci" in build and '--destination "$CRISPML_CI_IMAGE"' in build
+    assert ci["ci-image"]["stage"] == ".pre"
+    dockerfile = (PROJECT / "Dockerfile").read_text()
+    assert "AS ci" in dockerfile
+    assert re.search(r"ARG PYTHON_IMAGE=python:\d+\.\d+\.\d+-slim-\w+", dockerfile)
+    # The service image stays the default target: the ci stage is not the last one.
+    assert dockerfile.rindex("FROM ") > dockerfile.index("AS ci")
+
+
+def test_deploy_image_is_maintained_and_pinned() -> None:
+    image = load_ci(CI_FILE)[".deploy"]["image"]["name"]
+    assert "bitnami" not in image
+    assert re.fullmatch(r"alpine/k8s:\d+\.\d+\.\d+", image), image
+
+
+def test_prod_promotes_to_shadow_first() -> None:
+    ci = load_ci(CI_FILE)
+    champion = ci["promote:prod-champion"]
+    assert champion["rules"][-1] == {
+        "if": '$CI_COMMIT_BRANCH == "prod"',
+        "when": "manual",
+        "allow_failure": True,
+    }
+    assert (
+        'crispml shadow promote --env "$CRISPML_ENV" --manual --reason "$CI_PIPELINE_URL"'
+        in champion["script"]
+    )
+    assert ci["shadow-promote"]["script"][-2] == 'crispml shadow promote --env "$CRISPML_ENV"'
+
+
+@pytest.mark.skipif(shutil.which("dvc") is None, reason="the test repository needs dvc")
+def test_ci_local_builds_the_command_a_person_gets_wrong(tmp_path: Path) -> None:
+    from ci_harness import copy_project
+
+    from pipeline.gitops.local import build_command, ensure_experiment
+
+    repo = copy_project(tmp_path / "repo")
+    git(repo, "init", "-q", "-b", "feature/x")
+    git(repo, "add", "-A")
+    git(repo, "-c", "user.name=t", "-c", "user.email=t@example.invalid", "commit", "-qm", "x")
+    git(repo, "branch", "dev")
+    state = tmp_path / "state"
+    args, plan = build_command(repo, None, "dev", iid=4, state=state, environ={})
+    assert plan["environment"] == "dev" and plan["jobs"] == ["reproduce", "gate", "mr-report"]
+    for flag in (
+        "--shell-isolation",
+        "--force-shell-executor",
+        "--no-artifacts-to-source",
+        "--unset-variable=CI_COMMIT_BRANCH",
+        "--variable=CI_PIPELINE_SOURCE=merge_request_event",
+        "--variable=CI_MERGE_REQUEST_TARGET_BRANCH_NAME=dev",
+        "--variable=CI_MERGE_REQUEST_SOURCE_BRANCH_NAME=feature/x",
+        "--variable=CI_MERGE_REQUEST_IID=4",
+        "--variable=CRISPML_ENV=dev",
+        f"--variable=MLFLOW_TRACKING_URI=sqlite:///{state.resolve()}/mlflow.db",
+        f"--variable=DVC_REMOTE_URL_DEV={state.resolve()}/dvc-remote/dev",
+    ):
+        assert flag in args, flag
+    assert args[-3:] == ["reproduce", "gate", "mr-report"]
+    key = (state / "pseudonymisation.key").read_text()
+    assert f"--variable=CRISPML_PSEUDONYMISATION_KEY={key}" in args
+
+    args, plan = build_command(
+        repo,
+        "prod",
+        manual=["promote:prod-champion"],
+        jobs=["promote:prod-champion"],
+        state=state,
+        environ={"MLFLOW_TRACKING_URI": "sqlite:////team/mlflow.db"},
+    )
+    assert "--variable=CRISPML_ENV=prod" in args and "--variable=CI_COMMIT_BRANCH=prod" in args
+    assert "--variable=MLFLOW_TRACKING_URI=sqlite:////team/mlflow.db" in args
+    assert "--manual=promote:prod-champion" in args and args[-1] == "promote:prod-champion"
+    assert not any(a.startswith("--unset-variable") for a in args)
+    with pytest.raises(ConfigError, match="has no job"):
+        build_command(repo, "dev", jobs=["nope"], state=state, environ={})
+    with pytest.raises(ConfigError, match="runs in environment dev, not qa"):
+        build_command(repo, "qa", "dev", state=state, environ={})
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    location = ensure_experiment(uri, "crispml", state / "mlartifacts")
+    assert location == (state / "mlartifacts").resolve().as_uri()
+    assert ensure_experiment(uri, "crispml", tmp_path / "elsewhere") == location

@@ -1,7 +1,8 @@
 """pipeline.gitops without CI: promotion, rollback, the MR report and its note, job set-up.
 
 The registry is a real MLflow on a SQLite file; GitLab is a small HTTP stub on loopback
-that speaks the part of the REST API python-gitlab uses for merge request notes.
+that speaks the part of the REST API python-gitlab uses for merge request notes. The
+fallback, lineage and artifact-hash tests (test_gitops_identity.py) use real models.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ import pytest
 from ci_harness import PROJECT, copy_project, git
 
 from pipeline import gitops
-from pipeline.errors import ConfigError, CrispError, ServiceUnavailable
+from pipeline.errors import ConfigError, CrispError, GateFailed, ServiceUnavailable
+from pipeline.registered import Registered
 
 NAME = "crispml-fraud"
 COMMIT = "a" * 40
@@ -30,25 +32,63 @@ OTHER = "b" * 40
 # --------------------------------------------------------------------------- pure parts
 
 
+def _receipt(**fields: Any) -> Registered:
+    return Registered.parse({"model_name": NAME, "alias": "prod", **fields})
+
+
 def test_decide_reads_registers_receipt() -> None:
-    passed = {"candidate_version": 7, "gate": {"passed": True, "reasons": []}}
+    passed = _receipt(candidate_version=7, gate={"passed": True, "reasons": []})
     assert gitops.decide(passed) == gitops.Decision("candidate", "7", "7")
-    fallback = {
-        "candidate_version": "8",
-        "gate": {"passed": False, "reasons": ["too low"]},
-        "fallback": {"used": True, "version": "6", "from_alias": "qa"},
-    }
+    fallback = _receipt(
+        candidate_version="8",
+        gate={"passed": False, "reasons": ["too low"]},
+        fallback={
+            "used": True,
+            "version": "6",
+            "from_alias": "qa",
+            "comparison": {"reason": "@qa version 6 PR-AUC 0.81 vs @prod version 5 0.80"},
+        },
+        alias_seen={"alias": "prod", "version": "5"},
+    )
     decision = gitops.decide(fallback)
     assert (decision.kind, decision.version, decision.from_alias) == ("fallback", "6", "qa")
     assert decision.gate_reasons == ["too low"]
-    refused = {
-        "candidate_version": "9",
-        "gate": {"passed": False, "reasons": ["too low"]},
-        "fallback": {"used": False, "reason": "qa holds another commit"},
-    }
+    assert (decision.alias_seen, decision.alias_seen_recorded) == ("5", True)
+    assert decision.fallback_evidence.startswith("@qa version 6 PR-AUC 0.81")
+    refused = _receipt(
+        candidate_version="9",
+        gate={"passed": False, "reasons": ["too low"]},
+        fallback={"used": False, "reason": "qa holds another commit"},
+    )
     decision = gitops.decide(refused)
     assert (decision.kind, decision.version) == ("none", None)
     assert decision.fallback_reason == "qa holds another commit"
+    assert decision.alias_seen_recorded is False
+
+
+def test_receipt_is_typed_and_names_what_is_wrong(tmp_path: Path) -> None:
+    path = tmp_path / "registered.json"
+    with pytest.raises(CrispError, match="does not exist: run the register stage first"):
+        Registered.load(path)
+    path.write_text(json.dumps({"model_name": NAME, "alias": "dev", "gate": {"reasons": []}}))
+    with pytest.raises(CrispError, match=r"gate\.passed: Field required"):
+        Registered.load(path)
+    receipt = _receipt(
+        candidate_version=3,
+        gate={"passed": False, "reasons": ["low"], "interval": [0.1, 0.2]},
+        serving={"version": 2, "run_id": "r", "threshold": 0.5, "pr_auc": 0.7},
+        newer_field="kept",
+    )
+    assert receipt.candidate_version == "3" and receipt.serving.version == "2"
+    assert receipt.require_serving().threshold == 0.5
+    assert receipt.gate.model_extra == {"interval": [0.1, 0.2]}
+    receipt.write(path)
+    again = Registered.load(path)
+    assert again == receipt and json.loads(path.read_text())["newer_field"] == "kept"
+    rejected = _receipt(candidate_version="4", gate={"passed": False, "reasons": ["low"]})
+    assert (rejected.decision, rejected.decided_version) == ("none", None)
+    with pytest.raises(GateFailed, match=r"version 4 was rejected \(low\)"):
+        rejected.require_serving()
 
 
 def _event(version: str, reason: str = "gate passed in prod") -> dict:
@@ -167,6 +207,95 @@ def test_promote_fallback_and_refusal(registry: Any, model: str) -> None:
     assert refused["status"] == "not_promoted" and refused["version"] == qa_model
 
 
+def test_promote_refuses_when_the_alias_moved_since_the_gate(registry: Any, model: str) -> None:
+    """Compare-and-set: a concurrent pipeline's promotion makes this verdict stale."""
+    from pipeline.registry import move_alias
+
+    judged_against, candidate, concurrent = (_version(registry, model) for _ in range(3))
+    move_alias(registry, model, "prod", judged_against, reason="gate passed in prod")
+    decision = gitops.Decision(
+        "candidate", candidate, candidate, alias_seen=judged_against, alias_seen_recorded=True
+    )
+    move_alias(registry, model, "prod", concurrent, reason="another pipeline")
+    with pytest.raises(CrispError, match=rf"@prod held version {judged_against} when the gate"):
+        gitops.promote(registry, model, "prod", "prod", decision, COMMIT, "t")
+    assert str(registry.get_model_version_by_alias(model, "prod").version) == concurrent
+    # The holder the gate saw: the move goes through, once.
+    move_alias(registry, model, "prod", judged_against, reason="back")
+    result = gitops.promote(registry, model, "prod", "prod", decision, COMMIT, "t")
+    assert result["moved_now"] is True and result["version"] == candidate
+    # A re-run after its own move is not a conflict.
+    again = gitops.promote(registry, model, "prod", "prod", decision, COMMIT, "t")
+    assert again["moved_now"] is False
+    # An empty alias seen empty is fine; seen empty but held now is not.
+    fresh = gitops.Decision("candidate", candidate, candidate, alias_seen_recorded=True)
+    with pytest.raises(CrispError, match="held nothing when the gate"):
+        gitops.promote(registry, model, "prod", "prod", fresh, COMMIT, "t", challenger_alias="c")
+
+
+def test_promote_in_shadow_moves_the_challenger(registry: Any, model: str) -> None:
+    from pipeline.registry import alias_history, move_alias
+
+    champion, candidate = _version(registry, model), _version(registry, model)
+    move_alias(registry, model, "prod", champion, reason="gate passed in prod")
+    decision = gitops.Decision(
+        "candidate", candidate, candidate, alias_seen=champion, alias_seen_recorded=True
+    )
+    result = gitops.promote(
+        registry, model, "prod", "prod", decision, COMMIT, "t", challenger_alias="prod-challenger"
+    )
+    assert (result["alias"], result["shadow"], result["champion_version"]) == (
+        "prod-challenger",
+        True,
+        champion,
+    )
+    assert str(registry.get_model_version_by_alias(model, "prod").version) == champion
+    assert str(registry.get_model_version_by_alias(model, "prod-challenger").version) == candidate
+    event = alias_history(registry, model, "prod-challenger")[-1]
+    assert "challenger of @prod, in shadow" in event["reason"]
+    message = gitops.promotion_message(result, "prod")
+    assert message.startswith(f"PROMOTED: @prod-challenger -> version {candidate}")
+    assert "crispml shadow promote" in message
+    # Once the champion, a re-run does not shadow it beside itself.
+    move_alias(registry, model, "prod", candidate, reason="shadow promote (manual)")
+    registry.delete_registered_model_alias(model, "prod-challenger")
+    seen_now = gitops.Decision(
+        "candidate", candidate, candidate, alias_seen=candidate, alias_seen_recorded=True
+    )
+    again = gitops.promote(
+        registry, model, "prod", "prod", seen_now, COMMIT, "t", challenger_alias="prod-challenger"
+    )
+    assert again["moved_now"] is False
+    assert registry_holder(registry, model, "prod-challenger") is None
+    variables = gitops.deploy_variables(model, "prod", result)
+    assert variables["CRISPML_MODEL_URI"] == f"models:/{model}@prod"
+    assert variables["CRISPML_MODEL_VERSION"] == champion
+    assert variables["CRISPML_CHALLENGER_URI"] == f"models:/{model}@prod-challenger"
+
+
+def registry_holder(client: Any, name: str, alias: str) -> Any:
+    from pipeline.registry import alias_holder
+
+    return alias_holder(client, name, alias)
+
+
+def test_promote_accepts_another_commit_of_the_same_lineage(registry: Any, model: str) -> None:
+    lineage = {"lineage.pipeline": "1" * 40, "lineage.params.yaml": "2" * 40}
+    made = registry.create_model_version(
+        model,
+        source="/nonexistent/model",
+        tags={"git_commit": OTHER, "environment": "qa", **lineage},
+    )
+    decision = gitops.Decision("fallback", str(made.version), "99", ["low"], from_alias="qa")
+    result = gitops.promote(registry, model, "prod", "prod", decision, COMMIT, "t", lineage=lineage)
+    assert result["matched_by"] == "lineage" and result["status"] == "fallback"
+    other = {**lineage, "lineage.pipeline": "3" * 40}
+    with pytest.raises(
+        CrispError, match=r"it differs in pipeline \(111111111111 vs 333333333333\)"
+    ):
+        gitops.promote(registry, model, "qa", "prod", decision, COMMIT, "t", lineage=other)
+
+
 def test_rollback_walks_back_and_keeps_the_history(registry: Any, model: str) -> None:
     from pipeline.registry import alias_history, move_alias
 
@@ -240,7 +369,13 @@ def _write_reports(root: Path) -> None:
         "champion_version": "3",
     }
     (reports / "gate.json").write_text(json.dumps(gate))
-    registered = {"candidate_version": "4", "gate": gate, "fallback": None}
+    registered = {
+        "model_name": NAME,
+        "alias": "dev",
+        "candidate_version": "4",
+        "gate": gate,
+        "fallback": None,
+    }
     (reports / "registered.json").write_text(json.dumps(registered))
     verify = {
         "model_version": "3",
@@ -447,6 +582,58 @@ def test_setup_checks_variables_and_points_dvc_at_the_environment_remote(
     assert load_settings(project_repo).environment.dvc_remote == "qa"
 
 
+def _sourced_store(env_file: Path, environ: dict[str, str]) -> str:
+    """CRISPML_STORE_URL in a shell that sourced the file, as the CI job's shell does."""
+    done = subprocess.run(
+        ["bash", "-c", f'. "{env_file}" && printf %s "${{CRISPML_STORE_URL-<unset>}}"'],
+        env={"PATH": os.environ["PATH"], **environ},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return done.stdout
+
+
+@pytest.mark.skipif(shutil.which("dvc") is None, reason="dvc is not on PATH")
+@pytest.mark.parametrize("env", ["dev", "qa", "prod"])
+def test_a_review_never_reaches_an_environment_store(project_repo: Path, env: str) -> None:
+    """Isolation by construction: whatever store variables a project defines (and they
+    rank above anything .gitlab-ci.yml sets), a merge request job writes to its own file."""
+    subprocess.run(
+        ["crispml", "env", "use", env], cwd=project_repo, check=True, capture_output=True
+    )
+    real = "postgresql+psycopg://ci:secret@db.example/crispml_dev"
+    environ = {
+        "MLFLOW_TRACKING_URI": "sqlite:///x.db",
+        "CRISPML_PSEUDONYMISATION_KEY": "k",
+        "CRISPML_STORE_URL": real,  # a project-level variable: the trap
+        "CRISPML_STORE_URL_DEV": real,
+        "CRISPML_STORE_URL_QA": real,
+        "CRISPML_STORE_URL_PROD": real,
+        "CI_PIPELINE_SOURCE": "merge_request_event",
+    }
+    summary = gitops.setup_job(project_repo, environ, env_file=Path(".crispml/ci.env"))
+    assert summary["review"] is True
+    assert summary["score_store"].startswith(gitops.REVIEW_STORE_URL)
+    assert (
+        "CRISPML_STORE_URL was set for this job (postgresql+psycopg://***@db" in summary["warning"]
+    )
+    env_file = project_repo / ".crispml" / "ci.env"
+    assert "secret" not in env_file.read_text()
+    assert _sourced_store(env_file, environ) == gitops.REVIEW_STORE_URL
+
+    branch = {**environ, "CI_PIPELINE_SOURCE": "push", "CRISPML_STORE_URL": "sqlite:///stray.db"}
+    summary = gitops.setup_job(project_repo, branch, env_file=Path(".crispml/ci.env"))
+    variable = f"CRISPML_STORE_URL_{env.upper()}"
+    assert summary["score_store"].startswith(variable)
+    assert "secret" not in env_file.read_text(), "the file names the variable, not its value"
+    assert _sourced_store(env_file, branch) == real
+    del branch[variable]
+    gitops.setup_job(project_repo, branch, env_file=Path(".crispml/ci.env"))
+    assert _sourced_store(env_file, branch) == "<unset>", "the committed store applies"
+    assert git(project_repo, "check-ignore", ".crispml/ci.env").returncode == 0
+
+
 def test_every_environment_names_a_remote_that_exists() -> None:
     """environments/<env>/params.yaml `dvc_remote` must be a remote in .dvc/config."""
     from pipeline.config import load_settings
@@ -502,3 +689,21 @@ def test_overlay_renders(env: str, replicas: int, autoscaled: bool) -> None:
     # The base Deployment turns this pod label into CRISPML_ENV: the alias to follow.
     assert deployment["spec"]["template"]["metadata"]["labels"]["crispml.io/environment"] == env
     assert ("HorizontalPodAutoscaler" in docs) is autoscaled
+
+
+def test_the_cli_has_every_gitops_command() -> None:
+    from click.testing import CliRunner
+
+    from pipeline.cli import cli
+
+    runner = CliRunner()
+    for args, words in (
+        (["alias", "--help"], ("promote", "history", "rollback")),
+        (["ci", "--help"], ("setup", "local", "continuous-training")),
+        (["mr-report", "--help"], ("--target-ref",)),
+        (["ci", "local", "--help"], ("--mr", "--manual", "--state", "--dry-run")),
+    ):
+        done = runner.invoke(cli, args)
+        assert done.exit_code == 0, done.output
+        for word in words:
+            assert word in done.output, (args, word)
