@@ -93,9 +93,7 @@ async def _load(host: str, port: int, bodies: list[bytes], concurrency: int) -> 
     latencies: list[float] = []
     failures: list[int] = []
     started = time.perf_counter()
-    await asyncio.gather(
-        *(_client(host, port, chunk, latencies, failures) for chunk in per_client)
-    )
+    await asyncio.gather(*(_client(host, port, chunk, latencies, failures) for chunk in per_client))
     wall = time.perf_counter() - started
     ordered = sorted(latencies)
 
@@ -112,8 +110,15 @@ async def _load(host: str, port: int, bodies: list[bytes], concurrency: int) -> 
     }
 
 
-def run_load(host: str, port: int, path: str, payloads: list[bytes], total: int,
-             concurrency: int, warmup: int) -> dict[str, Any]:
+def run_load(
+    host: str,
+    port: int,
+    path: str,
+    payloads: list[bytes],
+    total: int,
+    concurrency: int,
+    warmup: int,
+) -> dict[str, Any]:
     bodies = [_request(host, port, path, payloads[i % len(payloads)]) for i in range(total)]
     warm = [_request(host, port, path, payloads[i % len(payloads)]) for i in range(warmup)]
     try:
@@ -188,7 +193,9 @@ def build_demo(folder: Path) -> Path:
     for stage in DEMO_STAGES:
         subprocess.run(
             [sys.executable, "-m", "pipeline.cli", stage, "--root", str(folder)],
-            check=True, stdout=subprocess.DEVNULL, cwd=folder,
+            check=True,
+            stdout=subprocess.DEVNULL,
+            cwd=folder,
         )
     return folder
 
@@ -219,7 +226,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--skip-mlflow", action="store_true")
     parser.add_argument(
-        "--mlflow-omp1", action="store_true",
+        "--mlflow-omp1",
+        action="store_true",
         help="also run MLflow with OMP_NUM_THREADS=1 (our service's setting), for fairness",
     )
     args = parser.parse_args(argv)
@@ -266,9 +274,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     port = free_port()
     ours = start(
-        [sys.executable, "-m", "pipeline.cli", "serve", "--root", str(root), "--port", str(port),
-         "--model-uri", f"models:/{name}/{version}"],
-        base_env, workdir / "crispml.log",
+        [
+            sys.executable,
+            "-m",
+            "pipeline.cli",
+            "serve",
+            "--root",
+            str(root),
+            "--port",
+            str(port),
+            "--model-uri",
+            f"models:/{name}/{version}",
+        ],
+        base_env,
+        workdir / "crispml.log",
     )
     try:
         wait_http(f"http://{host}:{port}/readyz", ours)
@@ -296,9 +315,23 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for label, extra in variants:
         port = free_port()
         server = start(
-            [sys.executable, "-m", "mlflow", "models", "serve", "-m", f"models:/{name}/{version}",
-             "--env-manager", "local", "-h", host, "-p", str(port)],
-            {**base_env, **extra}, workdir / f"{label}.log",
+            [
+                sys.executable,
+                "-m",
+                "mlflow",
+                "models",
+                "serve",
+                "-m",
+                f"models:/{name}/{version}",
+                "--env-manager",
+                "local",
+                "-h",
+                host,
+                "-p",
+                str(port),
+            ],
+            {**base_env, **extra},
+            workdir / f"{label}.log",
         )
         result[label] = {}
         try:

@@ -14,7 +14,7 @@ import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
@@ -28,13 +28,19 @@ ROOT_OPTION = click.option(
 )
 
 
-def _settings(root: Path | None):
+def env_option(help: str) -> Callable:
+    """`--env NAME`, for commands that act on one environment other than the active one."""
+    return click.option("--env", "env", default=None, help=help)
+
+
+def settings_for(root: Path | None, env: str | None = None):
     from pipeline.config import find_root, load_settings
 
-    return load_settings(find_root(root))
+    return load_settings(find_root(root), env=env)
 
 
-def _fail(error: CrispError) -> None:
+def fail(error: CrispError) -> NoReturn:
+    """One line on stderr and the error's own exit code: no traceback for a known failure."""
     click.echo(f"error: {error}", err=True)
     sys.exit(error.exit_code)
 
@@ -49,7 +55,7 @@ def stage(name: str | Callable[..., str]) -> Callable:
             from pipeline.perf import measured
 
             try:
-                settings = _settings(root)
+                settings = settings_for(root)
                 label = name(**kwargs) if callable(name) else name
                 with measured(label, Layout(settings.root).perf) as record:
                     result = function(settings, **kwargs)
@@ -57,7 +63,7 @@ def stage(name: str | Callable[..., str]) -> Callable:
                 if result is not None:
                     click.echo(json.dumps(result, indent=2, default=str))
             except CrispError as error:
-                _fail(error)
+                fail(error)
 
         return ROOT_OPTION(wrapper)
 
@@ -217,7 +223,7 @@ def gate(root: Path | None, which: str) -> None:
     from pipeline.layout import Layout
 
     try:
-        settings = _settings(root)
+        settings = settings_for(root)
         layout = Layout(settings.root)
         path = layout.gate if which == "register" else layout.verify_summary
         if not path.is_file():
@@ -230,7 +236,7 @@ def gate(root: Path | None, which: str) -> None:
         click.echo(f"{which} gate failed: " + "; ".join(verdict["reasons"]), err=True)
         sys.exit(5)
     except CrispError as error:
-        _fail(error)
+        fail(error)
 
 
 @cli.group()
@@ -243,9 +249,9 @@ def env() -> None:
 def env_show(root: Path | None) -> None:
     """Print the active environment and its resolved overlay."""
     try:
-        settings = _settings(root)
+        settings = settings_for(root)
     except CrispError as error:
-        _fail(error)
+        fail(error)
     click.echo(settings.env)
     click.echo(json.dumps(settings.environment.model_dump(mode="json", by_alias=True), indent=2))
 
@@ -267,7 +273,7 @@ def env_use(root: Path | None, name: str) -> None:
             raise CrispError(f"{path} has no top-level 'env:' line to change")
         path.write_text(new)
     except CrispError as error:
-        _fail(error)
+        fail(error)
     click.echo(f"active environment: {name}")
 
 
@@ -283,12 +289,12 @@ def store_migrate(root: Path | None) -> None:
     from pipeline.store import ScoreStore
 
     try:
-        settings = _settings(root)
+        settings = settings_for(root)
         target = ScoreStore(settings.store_url)
         revision = target.migrate()
         click.echo(f"{target.safe_url}: schema at revision {revision}")
     except CrispError as error:
-        _fail(error)
+        fail(error)
 
 
 @cli.command("reports")
@@ -298,9 +304,9 @@ def reports(root: Path | None) -> None:
     from pipeline.layout import Layout
 
     try:
-        settings = _settings(root)
+        settings = settings_for(root)
     except CrispError as error:
-        _fail(error)
+        fail(error)
     layout = Layout(settings.root)
     entries = [
         ("metrics (test frame)", layout.metrics),
@@ -351,7 +357,7 @@ def serve(root: Path | None, host: str, port: int, model_uri: str | None) -> Non
     try:
         run(root, host, port, model_uri)
     except CrispError as error:
-        _fail(error)
+        fail(error)
 
 
 def main() -> None:

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from pipeline.cli import ROOT_OPTION
 from pipeline.config import FRAME
 from pipeline.errors import CrispError, GateFailed
 
@@ -293,7 +294,7 @@ def judge(
             "reason": "no model serves yet: the candidate is the first",
         }
     gates = settings.environment.gates
-    evidence = Evidence(**gates.evidence.model_dump())
+    evidence = Evidence.of(settings)
     comparison = compare_models(
         y,
         candidate_scores,
@@ -676,12 +677,7 @@ def _monitor(settings: Settings, holder: Any, outcome: Outcome) -> None:
 
 
 @click.command("continuous-training")
-@click.option(
-    "--root",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=None,
-    help="Repository root (default: the nearest folder above with params.yaml).",
-)
+@ROOT_OPTION
 def continuous_training_command(root: Path | None) -> None:
     """Retrain on the window of newest labels when verify fails, data drifted or the model aged.
 

@@ -45,6 +45,7 @@ from typing import Any
 import click
 import pandas as pd
 
+from pipeline.cli import ROOT_OPTION
 from pipeline.config.contract import DERIVED_ID, FRAME, Contract
 from pipeline.errors import ConfigError, CrispError, DataError, ServiceUnavailable
 
@@ -926,12 +927,7 @@ def contract_group() -> None:
 
 
 @contract_group.command("infer")
-@click.option(
-    "--root",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=None,
-    help="Repository root (default: the nearest folder above with params.yaml).",
-)
+@ROOT_OPTION
 @click.argument("path")
 @click.option("--target", required=True, help="The column to predict (two distinct values).")
 @click.option("--positive", default=None, help="The target's positive class (default: guessed).")

@@ -16,8 +16,12 @@ a few seconds, not a sort per resample.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from pipeline.config import Settings
 
 PASSED, FAILED, INSUFFICIENT = "passed", "failed", "insufficient_evidence"
 
@@ -30,6 +34,17 @@ class Evidence:
     resamples: int = 1000
     min_positives: int = 30
     seed: int = 0
+
+    @classmethod
+    def of(cls, settings: Settings) -> Evidence:
+        """The environment's `gates.evidence`: every gate of one environment uses the same."""
+        given = settings.environment.gates.evidence
+        return cls(
+            confidence=given.confidence,
+            resamples=given.resamples,
+            min_positives=given.min_positives,
+            seed=given.seed,
+        )
 
 
 @dataclass(frozen=True)

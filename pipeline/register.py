@@ -256,7 +256,7 @@ def run(settings) -> dict:
     y = rows[settings.contract.target].to_numpy().astype(int)
     model = mlflow.sklearn.load_model(str(layout.model))
     candidate_scores = predict_proba(model, rows, settings.model_inputs)
-    evidence = Evidence(**settings.environment.gates.evidence.model_dump())
+    evidence = Evidence.of(settings)
     candidate_pr_auc = pr_auc(y, candidate_scores)
     saved = Model.load(str(layout.model))
     champion = registry.alias_holder(client, name, alias)

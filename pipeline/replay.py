@@ -27,7 +27,6 @@ Evidently monitoring workspace (pipeline/monitoring.py).
 from __future__ import annotations
 
 import contextlib
-import os
 import sys
 import tempfile
 import time
@@ -40,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from pipeline.cli import ROOT_OPTION, env_option
 from pipeline.errors import CrispError
 
 if TYPE_CHECKING:
@@ -312,17 +312,11 @@ def render_page(result: dict) -> str:
 
 @contextlib.contextmanager
 def throwaway_tracking(folder: Path) -> Iterator[str]:
-    """MLFLOW_TRACKING_URI pointed at a SQLite registry in `folder`, only inside the block."""
-    uri = f"sqlite:///{folder / 'mlflow.db'}"
-    before = os.environ.get("MLFLOW_TRACKING_URI")
-    os.environ["MLFLOW_TRACKING_URI"] = uri
-    try:
+    """MLflow pointed at a SQLite registry in `folder`, only inside the block."""
+    from pipeline import tracking
+
+    with tracking.pointed_at(f"sqlite:///{folder / 'mlflow.db'}") as uri:
         yield uri
-    finally:
-        if before is None:
-            os.environ.pop("MLFLOW_TRACKING_URI", None)
-        else:
-            os.environ["MLFLOW_TRACKING_URI"] = before
 
 
 @contextlib.contextmanager
@@ -342,6 +336,16 @@ def drift_worker(workers: int) -> Iterator[Executor]:
         return
     with ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("fork")) as pool:
         yield pool
+
+
+def _sample(
+    prepared: dict[int, pd.DataFrame], frames: list[int], columns: list[str], cap: int, seed: int
+) -> pd.DataFrame:
+    """The frames' feature columns, sampled to `cap` rows as verify samples them for drift."""
+    import pandas as pd
+
+    rows = pd.concat([prepared[n][columns] for n in frames], ignore_index=True)
+    return rows.sample(n=min(len(rows), cap), random_state=seed)
 
 
 def _load_prepared(settings: Settings, frames: list[int]) -> dict[int, pd.DataFrame]:
@@ -518,7 +522,7 @@ def run(settings: Settings, *, show_progress: bool | None = None) -> dict:
     target, id_column = contract.target, contract.id_column
     params = settings.continuous_training
     gates = settings.environment.gates
-    evidence = Evidence(**gates.evidence.model_dump())
+    evidence = Evidence.of(settings)
     score_frames = sorted(settings.frames.score)
     known = sorted(settings.frames.train)
     prepared = _load_prepared(settings, sorted({*known, *score_frames}))
@@ -565,45 +569,23 @@ def run(settings: Settings, *, show_progress: bool | None = None) -> dict:
                     version, model, threshold = replay.serving()
                     # Verify day d, part 1: drift against the serving model's training
                     # frames, each side sampled to verify.drift_max_rows as verify does.
-                    reference = pd.concat(
-                        [prepared[n][columns] for n in replay.train_frames[version]],
-                        ignore_index=True,
-                    )
-                    rows_cap, seed = settings.verify.drift_max_rows, settings.verify.seed
-                    reference = reference.sample(n=min(len(reference), rows_cap), random_state=seed)
-                    current = prepared[day][columns]
-                    current = current.sample(n=min(len(current), rows_cap), random_state=seed)
+                    cap, seed = settings.verify.drift_max_rows, settings.verify.seed
+                    reference = _sample(prepared, replay.train_frames[version], columns, cap, seed)
+                    current = _sample(prepared, [day], columns, cap, seed)
+                    drift_args = dict(max_rows=cap, seed=seed, categorical=categorical)
                     pending = pool.submit(
-                        drift_summary,
-                        reference,
-                        current,
-                        columns,
-                        None,
-                        max_rows=rows_cap,
-                        seed=seed,
-                        categorical=categorical,
+                        drift_summary, reference, current, columns, None, **drift_args
                     )
                     # Without retraining, the reference would still be the day-6 model's
                     # frames: that series is the "static" drift line, computed only once
                     # the serving model differs from it.
                     static_reference = None
                     if replay.train_frames[version] != replay.train_frames[static_version]:
-                        static_reference = pd.concat(
-                            [prepared[n][columns] for n in replay.train_frames[static_version]],
-                            ignore_index=True,
-                        )
-                        static_reference = static_reference.sample(
-                            n=min(len(static_reference), rows_cap), random_state=seed
+                        static_reference = _sample(
+                            prepared, replay.train_frames[static_version], columns, cap, seed
                         )
                         pending_static = pool.submit(
-                            drift_summary,
-                            static_reference,
-                            current,
-                            columns,
-                            None,
-                            max_rows=rows_cap,
-                            seed=seed,
-                            categorical=categorical,
+                            drift_summary, static_reference, current, columns, None, **drift_args
                         )
                     scored = replay.score(day, version, model, threshold)
                     arrived = arrived_frames(day, score_frames, params.label_delay_days)
@@ -812,18 +794,8 @@ def _monitor_factory(settings: Settings):
 
 
 @click.command("replay")
-@click.option(
-    "--root",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=None,
-    help="Repository root (default: the nearest folder above with params.yaml).",
-)
-@click.option(
-    "--env",
-    "env",
-    default=None,
-    help="Environment whose prepared data to replay (default: the active one).",
-)
+@ROOT_OPTION
+@env_option("Environment whose prepared data to replay (default: the active one).")
 def replay_command(root: Path | None, env: str | None) -> None:
     """Replay the scoring days: score, label, verify, retrain (continuous training).
 

@@ -24,13 +24,13 @@ from __future__ import annotations
 import json
 import math
 import os
-import sys
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
 
+from pipeline.cli import ROOT_OPTION, env_option, fail, settings_for
 from pipeline.errors import ConfigError, CrispError, GateFailed
 
 if TYPE_CHECKING:  # nothing heavy at import: `crispml --help` must stay instant
@@ -45,13 +45,7 @@ AUTOMATIC_PREFIX = "shadow promote (automatic)"
 def evidence_of(settings: Settings) -> Any:
     from pipeline.evidence import Evidence
 
-    given = settings.environment.gates.evidence
-    return Evidence(
-        confidence=given.confidence,
-        resamples=given.resamples,
-        min_positives=given.min_positives,
-        seed=given.seed,
-    )
+    return Evidence.of(settings)
 
 
 def margin_of(settings: Settings) -> float:
@@ -290,29 +284,8 @@ def promote(
 # --------------------------------------------------------------------------- commands
 
 
-ROOT = click.option(
-    "--root",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=None,
-    help="Repository root (default: the nearest folder above with params.yaml).",
-)
-ENV = click.option(
-    "--env",
-    "env",
-    default=None,
-    help="Environment whose aliases to use (default: the active one in params.yaml).",
-)
-
-
-def _settings(root: Path | None, env: str | None) -> Settings:
-    from pipeline.config import find_root, load_settings
-
-    return load_settings(find_root(root), env=env)
-
-
-def _fail(error: CrispError) -> None:
-    click.echo(f"error: {error}", err=True)
-    sys.exit(error.exit_code)
+ROOT = ROOT_OPTION
+ENV = env_option("Environment whose aliases to use (default: the active one in params.yaml).")
 
 
 def _json(value: Any) -> str:
@@ -354,7 +327,7 @@ def report_command(
     from pipeline.store import ScoreStore
 
     try:
-        settings = _settings(root, env)
+        settings = settings_for(root, env)
         store = ScoreStore(settings.store_url)
         try:
             result = report(
@@ -370,7 +343,7 @@ def report_command(
             store.dispose()
         click.echo(_json(result))
     except CrispError as error:
-        _fail(error)
+        fail(error)
 
 
 @shadow_group.command("promote")
@@ -389,7 +362,7 @@ def promote_command(root: Path | None, env: str | None, manual: bool, reason: st
     from pipeline.store import ScoreStore
 
     try:
-        settings = _settings(root, env)
+        settings = settings_for(root, env)
         store = ScoreStore(settings.store_url)
         try:
             result = promote(
@@ -409,7 +382,7 @@ def promote_command(root: Path | None, env: str | None, manual: bool, reason: st
             err=True,
         )
     except CrispError as error:
-        _fail(error)
+        fail(error)
 
 
 def add_commands(cli: click.Group) -> None:

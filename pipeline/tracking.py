@@ -6,9 +6,11 @@ in `mlartifacts/`; `MLFLOW_TRACKING_URI` points everything at a team server inst
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -99,7 +101,12 @@ def configure(settings: Settings) -> Any:
 
 
 def ensure_experiment(settings: Settings) -> str:
-    """Create the experiment once; with the embedded store its artifacts go to mlartifacts/."""
+    """Create the experiment once; with the embedded store its artifacts go to mlartifacts/.
+
+    The test is on the URI, not on whether MLFLOW_TRACKING_URI is set: MLflow itself
+    exports that variable on `set_tracking_uri`, and MLflow's own default artifact root
+    would be `./mlruns` in whatever directory the process happens to run in.
+    """
     import mlflow
 
     name = settings.registration.experiment
@@ -107,6 +114,31 @@ def ensure_experiment(settings: Settings) -> str:
     if experiment is not None:
         return experiment.experiment_id
     location = None
-    if "MLFLOW_TRACKING_URI" not in os.environ:
+    if settings.tracking_uri == settings.embedded_tracking_uri:
         location = (settings.root / "mlartifacts").as_uri()
     return mlflow.create_experiment(name, artifact_location=location)
+
+
+@contextlib.contextmanager
+def pointed_at(uri: str) -> Iterator[str]:
+    """MLflow's process-wide tracking and registry URI set to `uri` only inside the block.
+
+    `mlflow.set_tracking_uri` also exports MLFLOW_TRACKING_URI and MLFLOW_REGISTRY_URI
+    into os.environ, so code that runs a throwaway registry in-process (replay, tests)
+    would otherwise leave every later client and subprocess pointed at it.
+    """
+    import mlflow
+
+    names = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+    before = {name: os.environ.get(name) for name in names}
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    try:
+        yield uri
+    finally:
+        mlflow.set_tracking_uri(None)
+        mlflow.set_registry_uri(None)
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value

@@ -212,7 +212,7 @@ def run(settings) -> dict:
     groups: dict[str, list[int]] = {str(n): [n] for n in frames}
     groups["all"] = frames
     rng_seed = options.seed
-    evidence = Evidence(**settings.environment.gates.evidence.model_dump())
+    evidence = Evidence.of(settings)
     # One reference sample for every comparison, so frames are judged against the same rows.
     reference = load(settings.frames.train)
     reference = reference.sample(

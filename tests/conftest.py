@@ -75,6 +75,23 @@ def settings(project: Path):
     return load_settings(project)
 
 
+# What MLflow or a stage would leave at the root of the working tree if a test ran it there.
+ROOT_LEFTOVERS = ("mlruns", "mlartifacts", "mlflow.db", "scores.db")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def working_tree_untouched() -> object:
+    """Fail the run if any test wrote MLflow or store files into the working tree.
+
+    Such a file means some code fell back to the process's directory (MLflow's default
+    `./mlruns`, say) instead of the project it was given.
+    """
+    before = {name for name in ROOT_LEFTOVERS if (PROJECT / name).exists()}
+    yield
+    after = {name for name in ROOT_LEFTOVERS if (PROJECT / name).exists()}
+    assert after <= before, f"tests wrote {sorted(after - before)} into {PROJECT}"
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     """Under CRISPML_FORBID_SKIPS=1 (set by .ci/run) a skip is a failure.

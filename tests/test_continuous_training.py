@@ -198,61 +198,68 @@ def ci_project(tmp_path_factory: pytest.TempPathFactory):
     saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "CRISPML_GIT_COMMIT")}
     os.environ.pop("MLFLOW_TRACKING_URI", None)
     os.environ["CRISPML_GIT_COMMIT"] = "0" * 40
-    settings = load_settings(root)
-    assert settings.continuous_training.min_labels.rows == 1000
-    ingest.run(settings)
-    prepare.run(settings)
-    prepared = ct._prepared_frames(settings)
-    contract = settings.contract
-    history = ct.labelled_rows(prepared, None, settings.frames.train, "transaction_id", "Class")
-    split = settings.curate.split
-    first = ct.Window(tuple(split.train), tuple(split.valid), tuple(split.test), 0, 0)
-    champion = ct.fit_candidate(history, first, settings)
-    client = tracking.configure(settings)
-    verdict = {"verdict": "passed", "reason": "first"}
-    version = ct.register_candidate(
-        client, settings, champion, verdict, "initial", tracking.ensure_experiment(settings)
-    )
-    registry.move_alias(client, settings.registration.model_name, "dev", version, reason="test")
-    store = ScoreStore(settings.store_url)
-    store.migrate()
-    name = settings.registration.model_name
-    for frame in (7, 8, 9, 10):
-        data = prepared[frame]
-        scored = score_rows(
-            champion.model, data, settings.model_inputs, contract.id_column, champion.threshold
+    # Everything in-process below points MLflow at this project's registry; the block
+    # puts MLflow's process-wide URIs (and the variables it exports) back afterwards.
+    with tracking.pointed_at(f"sqlite:///{root / 'mlflow.db'}"):
+        settings = load_settings(root)
+        assert settings.continuous_training.min_labels.rows == 1000
+        ingest.run(settings)
+        prepare.run(settings)
+        prepared = ct._prepared_frames(settings)
+        contract = settings.contract
+        history = ct.labelled_rows(prepared, None, settings.frames.train, "transaction_id", "Class")
+        split = settings.curate.split
+        first = ct.Window(tuple(split.train), tuple(split.valid), tuple(split.test), 0, 0)
+        champion = ct.fit_candidate(history, first, settings)
+        client = tracking.configure(settings)
+        verdict = {"verdict": "passed", "reason": "first"}
+        version = ct.register_candidate(
+            client, settings, champion, verdict, "initial", tracking.ensure_experiment(settings)
         )
-        lineage = {
-            "frame": frame,
-            "threshold": champion.threshold,
-            "model_name": name,
-            "model_version": version,
-            "run_id": "test",
-            "git_commit": "0" * 40,
-            "environment": "dev",
-            "channel": "batch",
-            "source": "test",
-            "scored_at": utcnow(),
-        }
-        store.insert_scores(
-            [
-                {**lineage, **r, "score_id": batch_score_id("dev", name, version, r["record_id"])}
-                for r in scored.to_dict("records")
-            ]
-        )
-        truth = clean_truth(data, contract.id_column, contract.target)
-        store.upsert_labels(
-            {
+        registry.move_alias(client, settings.registration.model_name, "dev", version, reason="test")
+        store = ScoreStore(settings.store_url)
+        store.migrate()
+        name = settings.registration.model_name
+        for frame in (7, 8, 9, 10):
+            data = prepared[frame]
+            scored = score_rows(
+                champion.model, data, settings.model_inputs, contract.id_column, champion.threshold
+            )
+            lineage = {
+                "frame": frame,
+                "threshold": champion.threshold,
+                "model_name": name,
+                "model_version": version,
+                "run_id": "test",
+                "git_commit": "0" * 40,
                 "environment": "dev",
-                "record_id": r,
-                "label": int(v),
+                "channel": "batch",
                 "source": "test",
-                "labeled_at": utcnow(),
+                "scored_at": utcnow(),
             }
-            for r, v in zip(truth["record_id"], truth["label"], strict=True)
-        )
-    store.dispose()
-    yield root, settings
+            store.insert_scores(
+                [
+                    {
+                        **lineage,
+                        **r,
+                        "score_id": batch_score_id("dev", name, version, r["record_id"]),
+                    }
+                    for r in scored.to_dict("records")
+                ]
+            )
+            truth = clean_truth(data, contract.id_column, contract.target)
+            store.upsert_labels(
+                {
+                    "environment": "dev",
+                    "record_id": r,
+                    "label": int(v),
+                    "source": "test",
+                    "labeled_at": utcnow(),
+                }
+                for r, v in zip(truth["record_id"], truth["label"], strict=True)
+            )
+        store.dispose()
+        yield root, settings
     for key, value in saved.items():
         if value is None:
             os.environ.pop(key, None)

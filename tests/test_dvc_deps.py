@@ -106,7 +106,7 @@ def required_code(command: str) -> set[Path]:
     cli_tree = ast.parse(cli_file.read_text())
     at_import = closure({cli_file}, module_level_only=True)
     # The stage wrapper and the settings loader it calls run for every step.
-    shared = [_stage_function(cli_tree, name) for name in ("stage", "_settings")]
+    shared = [_stage_function(cli_tree, name) for name in ("stage", "settings_for")]
     step = _stage_function(cli_tree, command)
     roots: set[Path] = set()
     for node in (*shared, step):

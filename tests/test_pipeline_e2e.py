@@ -94,7 +94,10 @@ def test_every_scored_row_is_stored_once_with_lineage(reproduced: Path) -> None:
 def test_the_registry_alias_names_environment_and_commit(reproduced: Path) -> None:
     from mlflow import MlflowClient
 
-    client = MlflowClient(tracking_uri=f"sqlite:///{reproduced / 'mlflow.db'}")
+    uri = f"sqlite:///{reproduced / 'mlflow.db'}"
+    # The registry URI too: without it MLflow falls back to MLFLOW_REGISTRY_URI, which
+    # any in-process set_registry_uri of an earlier test may have exported.
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     version = client.get_model_version_by_alias("crispml-fraud", "dev")
     assert version.tags["environment"] == "dev"
     assert version.tags["git_commit"] == "e2e0" * 10

@@ -43,7 +43,9 @@ def replayed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
         ingest.run(settings)
         prepare.run(settings)
         result = replay.run(settings, show_progress=False)
+        # MLflow mirrors its URIs into os.environ; the throwaway registry must not leak.
         assert "MLFLOW_TRACKING_URI" not in os.environ
+        assert "MLFLOW_REGISTRY_URI" not in os.environ
     finally:
         for key, value in saved.items():
             if value is None:

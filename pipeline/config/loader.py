@@ -129,7 +129,12 @@ class Settings(Strict):
 
     @property
     def tracking_uri(self) -> str:
-        return os.environ.get(ENV_MLFLOW_URI) or f"sqlite:///{self.root / 'mlflow.db'}"
+        return os.environ.get(ENV_MLFLOW_URI) or self.embedded_tracking_uri
+
+    @property
+    def embedded_tracking_uri(self) -> str:
+        """The no-server default: a SQLite registry beside params.yaml."""
+        return f"sqlite:///{self.root / 'mlflow.db'}"
 
     @property
     def alias(self) -> str:

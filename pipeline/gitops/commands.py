@@ -9,6 +9,7 @@ from pathlib import Path
 
 import click
 
+from pipeline.cli import ROOT_OPTION, env_option, fail
 from pipeline.errors import ConfigError, CrispError, GateFailed
 from pipeline.gitops.common import (
     DEPLOY_ENV_FILE,
@@ -18,23 +19,8 @@ from pipeline.gitops.common import (
     settings_for,
 )
 
-ROOT = click.option(
-    "--root",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=None,
-    help="Repository root (default: the nearest folder above with params.yaml).",
-)
-ENV = click.option(
-    "--env",
-    "env",
-    default=None,
-    help="Environment whose alias to use (default: the active one in params.yaml).",
-)
-
-
-def _fail(error: CrispError) -> None:
-    click.echo(f"error: {error}", err=True)
-    sys.exit(error.exit_code)
+ROOT = ROOT_OPTION
+ENV = env_option("Environment whose alias to use (default: the active one in params.yaml).")
 
 
 def challenger_alias(settings) -> str | None:
@@ -102,7 +88,7 @@ def alias_promote(root: Path | None, env: str | None) -> None:
             sys.exit(GateFailed.exit_code)
         click.echo(message)
     except CrispError as error:
-        _fail(error)
+        fail(error)
 
 
 @alias_group.command("history")
@@ -143,7 +129,7 @@ def alias_history_command(
         click.echo(f"{name}@{alias}")
         click.echo(format_history(history, holder.version if holder else None))
     except CrispError as error:
-        _fail(error)
+        fail(error)
 
 
 @alias_group.command("rollback")
@@ -175,7 +161,7 @@ def alias_rollback(root: Path | None, env: str | None, to: str | None, reason: s
             f"ROLLED BACK: @{result['alias']} version {result['from']} -> version {result['to']}"
         )
     except CrispError as error:
-        _fail(error)
+        fail(error)
 
 
 # --------------------------------------------------------------------------- mr-report
@@ -237,7 +223,7 @@ def mr_report(root: Path | None, target_ref: str | None, output: Path, post: boo
         )
         click.echo(f"merge request note {note_id} {action}")
     except CrispError as error:
-        _fail(error)
+        fail(error)
 
 
 # --------------------------------------------------------------------------- ci
@@ -271,7 +257,7 @@ def ci_setup(root: Path | None, env_file: Path | None) -> None:
         if "warning" in summary:
             click.echo(f"warning: {summary['warning']}", err=True)
     except CrispError as error:
-        _fail(error)
+        fail(error)
 
 
 @ci_group.command("local")
@@ -341,7 +327,7 @@ def ci_local(
         )
         sys.exit(code)
     except CrispError as error:
-        _fail(error)
+        fail(error)
 
 
 def add_commands(cli: click.Group) -> None:

@@ -22,18 +22,6 @@ from typing import Any
 from pipeline.registered import Fallback
 
 
-def _evidence(settings) -> Any:
-    from pipeline.evidence import Evidence
-
-    configured = settings.environment.gates.evidence
-    return Evidence(
-        confidence=configured.confidence,
-        resamples=configured.resamples,
-        min_positives=configured.min_positives,
-        seed=configured.seed,
-    )
-
-
 def model_scores(settings, name: str, version: str, test) -> Any:
     """Positive-class probabilities of a registered version on the test frame."""
     import mlflow.sklearn
@@ -58,7 +46,7 @@ def choose_fallback(
     Never moves an alias: the caller (register, or the promote job) does.
     """
     from pipeline import registry
-    from pipeline.evidence import FAILED, INSUFFICIENT, compare_models
+    from pipeline.evidence import FAILED, INSUFFICIENT, Evidence, compare_models
 
     name = settings.registration.model_name
     holder = registry.alias_holder(client, name, fallback_alias)
@@ -114,7 +102,7 @@ def choose_fallback(
         fallback_scores,
         champion_scores,
         settings.environment.gates.registration.max_pr_auc_drop,
-        _evidence(settings),
+        Evidence.of(settings),
         names=(f"@{fallback_alias} version {version}", f"@{alias} version {champion.version}"),
     )
     refused = comparison.verdict in (FAILED, INSUFFICIENT)

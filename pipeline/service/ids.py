@@ -58,7 +58,9 @@ def derive_record_ids(
             continue
         content = json.dumps(
             dict(zip(inputs, map(_plain, row), strict=True)),
-            separators=(",", ":"), ensure_ascii=True, allow_nan=False,
+            separators=(",", ":"),
+            ensure_ascii=True,
+            allow_nan=False,
         )
         occurrence = seen[content]
         seen[content] += 1

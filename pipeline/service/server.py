@@ -71,7 +71,9 @@ def run(
         "environment %s, model %s, store %s, listening on http://%s:%d (docs at /docs)",
         settings.env,
         f"{current.name} version {current.version}" if current else "(none yet)",
-        state.store.safe_url, host, port,
+        state.store.safe_url,
+        host,
+        port,
     )
     uvicorn.run(
         app,

@@ -59,6 +59,48 @@ def as_utc(values: pd.Series) -> pd.Series:
     return pd.to_datetime(values, utc=True)
 
 
+def _labelled(source: Any, record: Any = None) -> sa.Join:
+    """`source` left-joined with the label, if any, of the record scored in `record`.
+
+    `record` is the scores table or an alias of it, and defaults to `source` itself.
+    """
+    record = source if record is None else record
+    return source.outerjoin(
+        labels,
+        sa.and_(
+            labels.c.environment == record.c.environment,
+            labels.c.record_id == record.c.record_id,
+        ),
+    )
+
+
+def _narrowed(
+    query: sa.Select,
+    table: Any,
+    *,
+    equal: dict[str, Any],
+    scored_from: datetime | None,
+    scored_to: datetime | None,
+    labeled_only: bool,
+) -> sa.Select:
+    """The filters every score reader offers; a None value means "any".
+
+    Versions are compared as text because the registry hands them out as strings.
+    """
+    for column, value in equal.items():
+        if value is not None:
+            query = query.where(
+                table.c[column] == (str(value) if column == "model_version" else value)
+            )
+    if scored_from is not None:
+        query = query.where(table.c.scored_at >= scored_from)
+    if scored_to is not None:
+        query = query.where(table.c.scored_at < scored_to)
+    if labeled_only:
+        query = query.where(labels.c.label.is_not(None))
+    return query
+
+
 # Columns a writer may leave out: every row of one INSERT must name the same columns.
 _SCORE_DEFAULTS = {"shadow": False, "shadow_of": None}
 ONLINE_CHANNEL = "api"
@@ -184,15 +226,7 @@ class ScoreStore:
     def get_score(self, score_id: str) -> dict[str, Any] | None:
         query = (
             sa.select(scores, labels.c.label, labels.c.labeled_at)
-            .select_from(
-                scores.outerjoin(
-                    labels,
-                    sa.and_(
-                        labels.c.environment == scores.c.environment,
-                        labels.c.record_id == scores.c.record_id,
-                    ),
-                )
-            )
+            .select_from(_labelled(scores))
             .where(scores.c.score_id == score_id)
         )
         with self.engine.connect() as conn:
@@ -225,13 +259,6 @@ class ScoreStore:
         challengers' shadow scores only, None both (`online_scores_with_labels` has the
         flag as a column).
         """
-        join = scores.outerjoin(
-            labels,
-            sa.and_(
-                labels.c.environment == scores.c.environment,
-                labels.c.record_id == scores.c.record_id,
-            ),
-        )
         query = (
             sa.select(
                 scores.c.score_id,
@@ -245,25 +272,24 @@ class ScoreStore:
                 scores.c.scored_at,
                 labels.c.label,
             )
-            .select_from(join)
+            .select_from(_labelled(scores))
             .where(scores.c.environment == environment)
         )
-        if shadow is not None:
-            query = query.where(scores.c.shadow.is_(shadow))
-        if model_name is not None:
-            query = query.where(scores.c.model_name == model_name)
-        if model_version is not None:
-            query = query.where(scores.c.model_version == str(model_version))
-        if frame is not None:
-            query = query.where(scores.c.frame == frame)
         if frames is not None:
             query = query.where(scores.c.frame.in_(list(frames)))
-        if scored_from is not None:
-            query = query.where(scores.c.scored_at >= scored_from)
-        if scored_to is not None:
-            query = query.where(scores.c.scored_at < scored_to)
-        if labeled_only:
-            query = query.where(labels.c.label.is_not(None))
+        query = _narrowed(
+            query,
+            scores,
+            equal={
+                "shadow": shadow,
+                "model_name": model_name,
+                "model_version": model_version,
+                "frame": frame,
+            },
+            scored_from=scored_from,
+            scored_to=scored_to,
+            labeled_only=labeled_only,
+        )
         with self.engine.connect() as conn:
             return pd.read_sql_query(query, conn)
 
@@ -292,13 +318,6 @@ class ScoreStore:
 
         Group by `day` (or `frame`) for verification per day or per frame.
         """
-        join = scores.outerjoin(
-            labels,
-            sa.and_(
-                labels.c.environment == scores.c.environment,
-                labels.c.record_id == scores.c.record_id,
-            ),
-        )
         query = (
             sa.select(
                 scores.c.score_id,
@@ -311,7 +330,7 @@ class ScoreStore:
                 scores.c.shadow,
                 labels.c.label,
             )
-            .select_from(join)
+            .select_from(_labelled(scores))
             .where(
                 scores.c.environment == environment,
                 scores.c.model_name == model_name,
@@ -320,14 +339,14 @@ class ScoreStore:
             )
             .order_by(scores.c.scored_at, scores.c.score_id)
         )
-        if shadow is not None:
-            query = query.where(scores.c.shadow.is_(shadow))
-        if since is not None:
-            query = query.where(scores.c.scored_at >= since)
-        if until is not None:
-            query = query.where(scores.c.scored_at < until)
-        if labeled_only:
-            query = query.where(labels.c.label.is_not(None))
+        query = _narrowed(
+            query,
+            scores,
+            equal={"shadow": shadow},
+            scored_from=since,
+            scored_to=until,
+            labeled_only=labeled_only,
+        )
         with self.engine.connect() as conn:
             frame = pd.read_sql_query(query, conn)
         frame["scored_at"] = as_utc(frame["scored_at"])
@@ -355,13 +374,8 @@ class ScoreStore:
         """
         champion = scores.alias("champion")
         challenger = scores.alias("challenger")
-        join = challenger.join(champion, champion.c.score_id == challenger.c.shadow_of).outerjoin(
-            labels,
-            sa.and_(
-                labels.c.environment == champion.c.environment,
-                labels.c.record_id == champion.c.record_id,
-            ),
-        )
+        pair = champion.join(challenger, champion.c.score_id == challenger.c.shadow_of)
+        join = _labelled(pair, record=champion)
         query = (
             sa.select(
                 champion.c.score_id,
@@ -383,16 +397,16 @@ class ScoreStore:
             )
             .order_by(champion.c.scored_at, champion.c.score_id)
         )
-        if champion_version is not None:
-            query = query.where(champion.c.model_version == str(champion_version))
         if challenger_version is not None:
             query = query.where(challenger.c.model_version == str(challenger_version))
-        if scored_from is not None:
-            query = query.where(champion.c.scored_at >= scored_from)
-        if scored_to is not None:
-            query = query.where(champion.c.scored_at < scored_to)
-        if labeled_only:
-            query = query.where(labels.c.label.is_not(None))
+        query = _narrowed(
+            query,
+            champion,
+            equal={"model_version": champion_version},
+            scored_from=scored_from,
+            scored_to=scored_to,
+            labeled_only=labeled_only,
+        )
         with self.engine.connect() as conn:
             frame = pd.read_sql_query(query, conn)
         frame["scored_at"] = as_utc(frame["scored_at"])

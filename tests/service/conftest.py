@@ -114,9 +114,7 @@ def make_repo(
         merged = _merge(yaml.safe_load(text), {**params, "env": env})
         (folder / "params.yaml").write_text(yaml.safe_dump(merged, sort_keys=False))
     else:
-        (folder / "params.yaml").write_text(
-            re.sub(r"(?m)^env:.*$", f"env: {env}", text, count=1)
-        )
+        (folder / "params.yaml").write_text(re.sub(r"(?m)^env:.*$", f"env: {env}", text, count=1))
     template = MAIN_ROOT / "environments" / TEMPLATE_ENV / "params.yaml"
     overlay = yaml.safe_load(template.read_text())
     overlay["store"] = {"url": store_url}
@@ -149,8 +147,14 @@ class Server:
         env.update(env_vars or {})
         self.env = env
         self.command = [
-            sys.executable, "-m", "pipeline.cli", "serve",
-            "--root", str(root), "--port", str(self.port),
+            sys.executable,
+            "-m",
+            "pipeline.cli",
+            "serve",
+            "--root",
+            str(root),
+            "--port",
+            str(self.port),
         ]
         if model_uri:
             self.command += ["--model-uri", model_uri]
@@ -158,8 +162,11 @@ class Server:
 
     def start(self) -> Server:
         self.process = subprocess.Popen(
-            self.command, env=self.env, cwd=self.root,
-            stdout=self.log_path.open("wb"), stderr=subprocess.STDOUT,
+            self.command,
+            env=self.env,
+            cwd=self.root,
+            stdout=self.log_path.open("wb"),
+            stderr=subprocess.STDOUT,
         )
         return self
 

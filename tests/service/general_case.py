@@ -20,30 +20,62 @@ import numpy as np
 import pandas as pd
 from sklearn.base import BaseEstimator, TransformerMixin
 
-TARGET: dict[str, Any] = {"name": "risk", "role": "target", "dtype": "string",
-                          "allowed": ["bad", "good"], "positive": "bad"}
+TARGET: dict[str, Any] = {
+    "name": "risk",
+    "role": "target",
+    "dtype": "string",
+    "allowed": ["bad", "good"],
+    "positive": "bad",
+}
 FEATURES: list[dict[str, Any]] = [
     {"name": "applied_at", "role": "time", "dtype": "datetime"},
     {"name": "income", "role": "feature", "dtype": "float", "min": 0, "nullable": True},
     {"name": "children", "role": "feature", "dtype": "int", "min": 0, "max": 20},
-    {"name": "purpose", "role": "feature", "dtype": "string",
-     "allowed": ["car", "house", "education"]},
+    {
+        "name": "purpose",
+        "role": "feature",
+        "dtype": "string",
+        "allowed": ["car", "house", "education"],
+    },
     {"name": "employer", "role": "feature", "dtype": "string", "nullable": True},
-    {"name": "homeowner", "role": "feature", "dtype": "bool",
-     "true_values": ["Y"], "false_values": ["N"]},
+    {
+        "name": "homeowner",
+        "role": "feature",
+        "dtype": "bool",
+        "true_values": ["Y"],
+        "false_values": ["N"],
+    },
     {"name": "has_phone", "role": "feature", "dtype": "bool", "nullable": True},
-    {"name": "opened", "role": "feature", "dtype": "datetime", "format": "%d/%m/%Y",
-     "nullable": True},
+    {
+        "name": "opened",
+        "role": "feature",
+        "dtype": "datetime",
+        "format": "%d/%m/%Y",
+        "nullable": True,
+    },
 ]
 # What Settings.model_inputs gives with curate.features.time_of_day: applied_at.
-INPUTS = ["applied_at", "income", "children", "purpose", "employer", "homeowner",
-          "has_phone", "opened"]
+INPUTS = [
+    "applied_at",
+    "income",
+    "children",
+    "purpose",
+    "employer",
+    "homeowner",
+    "has_phone",
+    "opened",
+]
 NUMBERS = ["income", "children", "homeowner", "has_phone"]
 CATEGORIES = ["purpose", "employer"]
 DATETIMES = ["applied_at", "opened"]
 RECORD: dict[str, Any] = {
-    "applied_at": "2024-03-01T10:30:00+02:00", "income": 1200.5, "children": 2,
-    "purpose": "car", "employer": "acme", "homeowner": "Y", "has_phone": True,
+    "applied_at": "2024-03-01T10:30:00+02:00",
+    "income": 1200.5,
+    "children": 2,
+    "purpose": "car",
+    "employer": "acme",
+    "homeowner": "Y",
+    "has_phone": True,
     "opened": "15/01/2019",
 }
 # params.yaml keys that replace the fraud ones in a test repository.
@@ -76,9 +108,7 @@ class FrameGuard(TransformerMixin, BaseEstimator):
             if X[name].dtype != np.float64:
                 raise TypeError(f"{name}: {X[name].dtype} is not float64")
         for name in CATEGORIES:
-            if X[name].dtype != object or not all(
-                v is None or type(v) is str for v in X[name]
-            ):
+            if X[name].dtype != object or not all(v is None or type(v) is str for v in X[name]):
                 raise TypeError(f"{name}: {X[name].dtype} is not an object column of str/None")
         for name in DATETIMES:
             if str(X[name].dtype) != "datetime64[ns]":
@@ -112,23 +142,33 @@ def training_frame(rows: int = 600, seed: int = 0) -> tuple[pd.DataFrame, np.nda
     homeowner = (rng.random(rows) < 0.5).astype("float64")
     has_phone = (rng.random(rows) < 0.7).astype("float64")
     has_phone[rng.random(rows) < 0.1] = np.nan
-    applied = pd.Timestamp("2024-01-01") + pd.to_timedelta(rng.integers(0, 86_400 * 90, rows),
-                                                           unit="s")
-    opened = pd.Series(pd.Timestamp("2015-01-01") + pd.to_timedelta(
-        rng.integers(0, 3000, rows), unit="D"), dtype="datetime64[ns]")
+    applied = pd.Timestamp("2024-01-01") + pd.to_timedelta(
+        rng.integers(0, 86_400 * 90, rows), unit="s"
+    )
+    opened = pd.Series(
+        pd.Timestamp("2015-01-01") + pd.to_timedelta(rng.integers(0, 3000, rows), unit="D"),
+        dtype="datetime64[ns]",
+    )
     opened[rng.random(rows) < 0.1] = pd.NaT
-    frame = pd.DataFrame({
-        "applied_at": pd.Series(applied, dtype="datetime64[ns]"),
-        "income": income,
-        "children": children,
-        "purpose": pd.Series([str(v) for v in purpose], dtype=object),
-        "employer": pd.Series(list(employer), dtype=object),
-        "homeowner": homeowner,
-        "has_phone": has_phone,
-        "opened": opened,
-    })
-    logit = (-1.0 + 0.8 * (purpose == "education") - 0.0004 * np.nan_to_num(income, nan=1600)
-             + 0.5 * children - 0.7 * homeowner)
+    frame = pd.DataFrame(
+        {
+            "applied_at": pd.Series(applied, dtype="datetime64[ns]"),
+            "income": income,
+            "children": children,
+            "purpose": pd.Series([str(v) for v in purpose], dtype=object),
+            "employer": pd.Series(list(employer), dtype=object),
+            "homeowner": homeowner,
+            "has_phone": has_phone,
+            "opened": opened,
+        }
+    )
+    logit = (
+        -1.0
+        + 0.8 * (purpose == "education")
+        - 0.0004 * np.nan_to_num(income, nan=1600)
+        + 0.5 * children
+        - 0.7 * homeowner
+    )
     y = (rng.random(rows) < 1 / (1 + np.exp(-logit))).astype(int)
     return frame, y
 
@@ -140,14 +180,24 @@ def build_model(handle_unknown: str = "ignore") -> Any:
     from sklearn.pipeline import Pipeline, make_pipeline
     from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
-    columns = ColumnTransformer([
-        ("categories", OneHotEncoder(handle_unknown=handle_unknown), CATEGORIES),
-        ("numbers", make_pipeline(SimpleImputer(), StandardScaler()), NUMBERS),
-        ("datetimes", make_pipeline(DatetimeParts(), SimpleImputer(), StandardScaler()),
-         DATETIMES),
-    ])
-    model = Pipeline([("guard", FrameGuard()), ("columns", columns),
-                      ("model", LogisticRegression(max_iter=1000))])
+    columns = ColumnTransformer(
+        [
+            ("categories", OneHotEncoder(handle_unknown=handle_unknown), CATEGORIES),
+            ("numbers", make_pipeline(SimpleImputer(), StandardScaler()), NUMBERS),
+            (
+                "datetimes",
+                make_pipeline(DatetimeParts(), SimpleImputer(), StandardScaler()),
+                DATETIMES,
+            ),
+        ]
+    )
+    model = Pipeline(
+        [
+            ("guard", FrameGuard()),
+            ("columns", columns),
+            ("model", LogisticRegression(max_iter=1000)),
+        ]
+    )
     frame, y = training_frame()
     return model.fit(frame, y)
 
@@ -159,7 +209,10 @@ def save_model(model: Any, path: Path) -> None:
 
     trusted = sorted(skops.io.get_untrusted_types(data=skops.io.dumps(model)))
     mlflow.sklearn.save_model(
-        model, str(path), pyfunc_predict_fn="predict_proba", skops_trusted_types=trusted,
+        model,
+        str(path),
+        pyfunc_predict_fn="predict_proba",
+        skops_trusted_types=trusted,
         pip_requirements=["scikit-learn", "pandas", "numpy"],
     )
 
@@ -169,8 +222,13 @@ def make_general_repo(folder: Path, model: Any, env: str) -> Path:
     threshold in reports/metrics.json (serve it with model URI `MODEL_DIR`)."""
     from .conftest import make_repo
 
-    root = make_repo(folder / "repo", env=env, store_url=f"sqlite:///{folder / 'scores.db'}",
-                     params=PARAMS, privacy=PRIVACY)
+    root = make_repo(
+        folder / "repo",
+        env=env,
+        store_url=f"sqlite:///{folder / 'scores.db'}",
+        params=PARAMS,
+        privacy=PRIVACY,
+    )
     save_model(model, root / MODEL_DIR)
     (root / "reports").mkdir()
     (root / "reports" / "metrics.json").write_text(json.dumps({"threshold": THRESHOLD}))

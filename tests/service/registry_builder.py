@@ -89,8 +89,10 @@ def build(folder: Path) -> dict:
     id_column = contract.id_column
     columns = [id_column, *inputs]
     records = [
-        {"record": {k: (str(v) if k == id_column else float(v)) for k, v in row.items()},
-         "label": int(label)}
+        {
+            "record": {k: (str(v) if k == id_column else float(v)) for k, v in row.items()},
+            "label": int(label),
+        }
         for row, label in zip(
             later[columns].to_dict("records"), later[contract.target], strict=True
         )

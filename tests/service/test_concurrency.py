@@ -27,9 +27,14 @@ def test_every_answered_score_is_stored_exactly_once(
 ) -> None:
     environment = unique_env("conc")
     root = make_repo(tmp_path / "repo", env=environment, store_url=store_url)
-    server = Server(root, model_registry, env_vars={
-        "CRISPML_API_TOKEN": TOKEN, "CRISPML_SERVICE_RELOAD_INTERVAL": "0",
-    })
+    server = Server(
+        root,
+        model_registry,
+        env_vars={
+            "CRISPML_API_TOKEN": TOKEN,
+            "CRISPML_SERVICE_RELOAD_INTERVAL": "0",
+        },
+    )
     records = [item["record"] for item in model_registry.records]
     answers: list[list[tuple[int, str | None]]] = [[] for _ in range(CLIENTS)]
 
@@ -65,9 +70,11 @@ def test_every_answered_score_is_stored_exactly_once(
     try:
         assert store.count_scores(environment=environment) == CLIENTS * REQUESTS
         with store.engine.connect() as conn:
-            stored = set(conn.execute(
-                sa.select(scores.c.score_id).where(scores.c.environment == environment)
-            ).scalars())
+            stored = set(
+                conn.execute(
+                    sa.select(scores.c.score_id).where(scores.c.environment == environment)
+                ).scalars()
+            )
         assert stored == answered
     finally:
         store.dispose()
@@ -75,7 +82,8 @@ def test_every_answered_score_is_stored_exactly_once(
             delete_environment(store_url, environment)
     # The group commit did group: fewer transactions than requests.
     commits = next(
-        float(line.split()[-1]) for line in metrics.splitlines()
+        float(line.split()[-1])
+        for line in metrics.splitlines()
         if line.startswith("crispml_store_commit_rows_count")
     )
     assert commits < CLIENTS * REQUESTS

@@ -164,8 +164,16 @@ def test_offending_values_are_json_safe_and_short() -> None:
     assert clean_value(-math.inf) == "-Infinity"
     assert clean_value({"a": 1}) is None
     assert len(clean_value("x" * 1000)) < 210
-    entries = field_errors([{"loc": ("body", "record", "V1"), "type": "finite_number",
-                             "msg": "Input should be a finite number", "input": math.inf}])
+    entries = field_errors(
+        [
+            {
+                "loc": ("body", "record", "V1"),
+                "type": "finite_number",
+                "msg": "Input should be a finite number",
+                "input": math.inf,
+            }
+        ]
+    )
     json.dumps(entries, allow_nan=False)  # strict JSON: no bare NaN/Infinity
     assert summary(entries) == (
         "V1: Input should be a finite number (rule finite_number, value 'Infinity')"

@@ -72,7 +72,10 @@ def test_selectors_ports_and_probes_fit_together(routes: set[str]) -> None:
     # The prod overlay replaces these three fields: they must exist to be replaced.
     assert {"minReplicas", "maxReplicas", "metrics"} <= set(hpa["spec"])
     assert hpa["spec"]["scaleTargetRef"] == {
-        "apiVersion": "apps/v1", "kind": "Deployment", "name": NAME}
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "name": NAME,
+    }
 
 
 def test_pod_runs_unprivileged_and_takes_secrets_from_a_secret() -> None:
@@ -86,7 +89,8 @@ def test_pod_runs_unprivileged_and_takes_secrets_from_a_secret() -> None:
     assert container["envFrom"] == [{"secretRef": {"name": NAME}}]
     env = {item["name"]: item for item in container["env"]}
     assert env["CRISPML_ENV"]["valueFrom"]["fieldRef"]["fieldPath"] == (
-        "metadata.labels['crispml.io/environment']")
+        "metadata.labels['crispml.io/environment']"
+    )
     text = "".join(path.read_text() for path in BASE.glob("*.yaml"))
     assert not re.search(r"(?i)(token|password|key)\s*[:=]\s*\S{8,}", text.replace("fieldPath", ""))
 
@@ -108,7 +112,8 @@ def test_dockerfile_runs_the_service_unprivileged_with_a_health_check() -> None:
 
 def test_dockerignore_is_an_allow_list() -> None:
     lines = [
-        line.strip() for line in (MAIN_ROOT / ".dockerignore").read_text().splitlines()
+        line.strip()
+        for line in (MAIN_ROOT / ".dockerignore").read_text().splitlines()
         if line.strip() and not line.startswith("#")
     ]
     assert lines[0] == "*"

@@ -67,15 +67,30 @@ def _fuzz(server: Server, tmp_path: Path) -> None:
         paths = httpx.get(f"{server.url}/openapi.json").json()["paths"]
         operations = sum(len(methods) for methods in paths.values())
         run = subprocess.run(
-            [*_schemathesis(), "--no-color", "--config-file", str(config), "run",
-             f"{server.url}/openapi.json",
-             "--checks", CHECKS,
-             "--header", f"Authorization: Bearer {TOKEN}",
-             "--max-examples", str(MAX_EXAMPLES),
-             "--seed", str(SEED),
-             "--workers", "1",
-             "--max-failures", "20"],
-            capture_output=True, text=True, timeout=600, cwd=tmp_path,
+            [
+                *_schemathesis(),
+                "--no-color",
+                "--config-file",
+                str(config),
+                "run",
+                f"{server.url}/openapi.json",
+                "--checks",
+                CHECKS,
+                "--header",
+                f"Authorization: Bearer {TOKEN}",
+                "--max-examples",
+                str(MAX_EXAMPLES),
+                "--seed",
+                str(SEED),
+                "--workers",
+                "1",
+                "--max-failures",
+                "20",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            cwd=tmp_path,
         )
     finally:
         server.stop()
@@ -88,8 +103,10 @@ def _fuzz(server: Server, tmp_path: Path) -> None:
 
 
 LIMITS = {
-    "CRISPML_API_TOKEN": TOKEN, "CRISPML_SERVICE_RELOAD_INTERVAL": "0",
-    "CRISPML_SERVICE_MAX_BATCH": "5", "CRISPML_SERVICE_MAX_BODY_BYTES": "65536",
+    "CRISPML_API_TOKEN": TOKEN,
+    "CRISPML_SERVICE_RELOAD_INTERVAL": "0",
+    "CRISPML_SERVICE_MAX_BATCH": "5",
+    "CRISPML_SERVICE_MAX_BODY_BYTES": "65536",
 }
 
 

@@ -69,8 +69,11 @@ def test_schema_documents_categories_tokens_nulls_and_datetimes(schema) -> None:
     has_phone = properties["has_phone"]["anyOf"]
     assert has_phone[0] == {"type": "boolean"} and has_phone[-1] == {"type": "null"}
     assert set(has_phone[1]["enum"]) == {"true", "True", "TRUE", 1, "false", "False", "FALSE", 0}
-    assert properties["applied_at"] == {**properties["applied_at"], "type": "string",
-                                        "format": "date-time"}
+    assert properties["applied_at"] == {
+        **properties["applied_at"],
+        "type": "string",
+        "format": "date-time",
+    }
     opened = properties["opened"]["anyOf"][0]
     assert opened["type"] == "string" and "%d/%m/%Y" in opened["description"]
     income = properties["income"]["anyOf"]
@@ -88,8 +91,12 @@ def test_the_example_is_valid_and_uses_a_category_nobody_trained_on(schema) -> N
     rows = schema.probe_rows()
     assert len(rows) == 2
     nulls = dict(zip(schema.inputs, rows[1], strict=True))
-    assert [k for k, v in nulls.items() if v is None] == ["income", "employer", "has_phone",
-                                                          "opened"]
+    assert [k for k, v in nulls.items() if v is None] == [
+        "income",
+        "employer",
+        "has_phone",
+        "opened",
+    ]
 
 
 # ------------------------------------------------------------------ field rules
@@ -98,7 +105,8 @@ def test_the_example_is_valid_and_uses_a_category_nobody_trained_on(schema) -> N
 def test_categories_with_allowed_values_refuse_others(schema) -> None:
     assert _values(schema, purpose="house")["purpose"] == "house"
     assert _errors(schema.model, {**RECORD, "purpose": "boat"}) == [
-        ("purpose", "literal_error", "boat")]
+        ("purpose", "literal_error", "boat")
+    ]
     assert _errors(schema.model, {**RECORD, "purpose": 1}) == [("purpose", "str_type", 1)]
     assert _errors(schema.model, {**RECORD, "purpose": None}) == [("purpose", "str_type", None)]
 
@@ -112,11 +120,16 @@ def test_categories_without_allowed_values_take_any_string_but_only_strings(sche
 @pytest.mark.parametrize(
     ("field", "given", "expected"),
     [
-        ("homeowner", "Y", True), ("homeowner", "N", False),
-        ("homeowner", True, True), ("homeowner", False, False),
+        ("homeowner", "Y", True),
+        ("homeowner", "N", False),
+        ("homeowner", True, True),
+        ("homeowner", False, False),
         # default tokens: true/false in three spellings, and 1/0
-        ("has_phone", "true", True), ("has_phone", "FALSE", False),
-        ("has_phone", 1, True), ("has_phone", 0, False), ("has_phone", None, None),
+        ("has_phone", "true", True),
+        ("has_phone", "FALSE", False),
+        ("has_phone", 1, True),
+        ("has_phone", 0, False),
+        ("has_phone", None, None),
     ],
 )
 def test_booleans_take_json_booleans_and_the_columns_tokens(schema, field, given, expected):
@@ -142,12 +155,17 @@ def test_booleans_refuse_anything_else_naming_field_and_rule(schema, field, give
 def test_nullable_fields_take_null_and_others_refuse_it(schema) -> None:
     values = _values(schema, income=None, employer=None, has_phone=None, opened=None)
     assert [values[k] for k in ("income", "employer", "has_phone", "opened")] == [None] * 4
-    for field, rule in [("children", "int_type"), ("purpose", "str_type"),
-                        ("homeowner", "bool_type"), ("applied_at", "datetime_type")]:
+    for field, rule in [
+        ("children", "int_type"),
+        ("purpose", "str_type"),
+        ("homeowner", "bool_type"),
+        ("applied_at", "datetime_type"),
+    ]:
         assert _errors(schema.model, {**RECORD, field: None}) == [(field, rule, None)]
     # Null, yes; NaN, still no.
     assert _errors(schema.model, {**RECORD, "income": math.nan}) == [
-        ("income", "finite_number", "NaN")]
+        ("income", "finite_number", "NaN")
+    ]
 
 
 @pytest.mark.parametrize(
@@ -167,7 +185,8 @@ def test_datetimes_take_iso_8601_as_naive_utc(schema, given, expected) -> None:
 def test_datetimes_with_a_format_take_that_format_only(schema) -> None:
     assert _values(schema, opened="31/12/2020")["opened"] == datetime(2020, 12, 31)
     assert _errors(schema.model, {**RECORD, "opened": "2020-12-31"}) == [
-        ("opened", "datetime_parsing", "2020-12-31")]
+        ("opened", "datetime_parsing", "2020-12-31")
+    ]
 
 
 @pytest.mark.parametrize(
@@ -199,18 +218,33 @@ def test_a_batch_names_the_record_and_the_field(schema) -> None:
 def test_the_frame_has_one_dtype_per_contract_dtype_and_the_inputs_order(schema) -> None:
     rows = [
         schema.values(schema.model.model_validate(RECORD))[1],
-        schema.values(schema.model.model_validate(
-            {**RECORD, "income": None, "employer": None, "has_phone": None, "opened": None,
-             "homeowner": "N", "children": 0}))[1],
+        schema.values(
+            schema.model.model_validate(
+                {
+                    **RECORD,
+                    "income": None,
+                    "employer": None,
+                    "has_phone": None,
+                    "opened": None,
+                    "homeowner": "N",
+                    "children": 0,
+                }
+            )
+        )[1],
     ]
     frame = schema.frame(rows)
     assert list(frame.columns) == INPUTS
     assert not schema.numeric
     dtypes = {name: str(dtype) for name, dtype in frame.dtypes.items()}
     assert dtypes == {
-        "applied_at": "datetime64[ns]", "income": "float64", "children": "float64",
-        "purpose": "object", "employer": "object", "homeowner": "float64",
-        "has_phone": "float64", "opened": "datetime64[ns]",
+        "applied_at": "datetime64[ns]",
+        "income": "float64",
+        "children": "float64",
+        "purpose": "object",
+        "employer": "object",
+        "homeowner": "float64",
+        "has_phone": "float64",
+        "opened": "datetime64[ns]",
     }
     assert frame["applied_at"].tolist() == [pd.Timestamp("2024-03-01 08:30")] * 2
     assert frame["income"].tolist()[0] == 1200.5 and math.isnan(frame["income"].iloc[1])
@@ -222,29 +256,41 @@ def test_the_frame_has_one_dtype_per_contract_dtype_and_the_inputs_order(schema)
 
 
 def test_all_numeric_inputs_take_the_fast_path() -> None:
-    contract = Contract.model_validate({"columns": [
-        {"name": "a", "role": "feature", "dtype": "float"},
-        {"name": "b", "role": "feature", "dtype": "int", "allowed": [1, 2, 3]},
-        {"name": "y", "role": "target", "dtype": "int", "allowed": [0, 1]},
-    ]})
+    contract = Contract.model_validate(
+        {
+            "columns": [
+                {"name": "a", "role": "feature", "dtype": "float"},
+                {"name": "b", "role": "feature", "dtype": "int", "allowed": [1, 2, 3]},
+                {"name": "y", "role": "target", "dtype": "int", "allowed": [0, 1]},
+            ]
+        }
+    )
     schema = record_schema(contract, ["b", "a"])
     assert schema.numeric
     frame = schema.frame([(2, 0.5), (3, 1.5)])
     assert list(frame.columns) == ["b", "a"]
     assert frame.dtypes.tolist() == [np.dtype("float64")] * 2
-    nullable = Contract.model_validate({"columns": [
-        {"name": "a", "role": "feature", "dtype": "float", "nullable": True},
-        {"name": "y", "role": "target", "dtype": "int"},
-    ]})
+    nullable = Contract.model_validate(
+        {
+            "columns": [
+                {"name": "a", "role": "feature", "dtype": "float", "nullable": True},
+                {"name": "y", "role": "target", "dtype": "int"},
+            ]
+        }
+    )
     assert not record_schema(nullable, ["a"]).numeric
 
 
 def test_a_float_column_keeps_floats_whatever_the_json_number() -> None:
-    contract = Contract.model_validate({"columns": [
-        {"name": "a", "role": "feature", "dtype": "float", "allowed": [0.5, 1]},
-        {"name": "b", "role": "feature", "dtype": "float"},
-        {"name": "y", "role": "target", "dtype": "int"},
-    ]})
+    contract = Contract.model_validate(
+        {
+            "columns": [
+                {"name": "a", "role": "feature", "dtype": "float", "allowed": [0.5, 1]},
+                {"name": "b", "role": "feature", "dtype": "float"},
+                {"name": "y", "role": "target", "dtype": "int"},
+            ]
+        }
+    )
     schema = record_schema(contract, ["a", "b"])
     _, values = schema.values(schema.model.model_validate({"a": 1, "b": 3}))
     assert [type(v) for v in values] == [float, float]
@@ -262,8 +308,7 @@ def test_a_required_id_must_be_sent() -> None:
     json_schema = schema.model.model_json_schema()
     assert json_schema["required"] == ["loan_id", *INPUTS]
     assert _errors(schema.model, RECORD) == [("loan_id", "missing", None)]
-    assert _errors(schema.model, {**RECORD, "loan_id": None}) == [
-        ("loan_id", "string_type", None)]
+    assert _errors(schema.model, {**RECORD, "loan_id": None}) == [("loan_id", "string_type", None)]
     record_id, _ = schema.values(schema.model.model_validate({**RECORD, "loan_id": "L-1"}))
     assert record_id == "L-1"
 
@@ -274,13 +319,13 @@ def test_an_optional_id_may_be_left_out_or_null() -> None:
     for record in (RECORD, {**RECORD, "loan_id": None}):
         assert schema.values(schema.model.model_validate(record))[0] is None
     assert schema.values(schema.model.model_validate({**RECORD, "loan_id": "L-2"}))[0] == "L-2"
-    assert _errors(schema.model, {**RECORD, "loan_id": ""}) == [
-        ("loan_id", "string_too_short", "")]
+    assert _errors(schema.model, {**RECORD, "loan_id": ""}) == [("loan_id", "string_too_short", "")]
 
 
 def test_without_an_id_column_an_id_field_is_an_unknown_field(schema) -> None:
     assert _errors(schema.model, {**RECORD, "record_id": "x"}) == [
-        ("record_id", "extra_forbidden", "x")]
+        ("record_id", "extra_forbidden", "x")
+    ]
 
 
 def _rows(schema: RecordSchema, *records: dict[str, Any]) -> list[tuple[Any, ...]]:
@@ -307,10 +352,19 @@ def test_derived_ids_are_stable_for_identical_input_and_distinct_within_a_batch(
 
 def test_the_derived_id_recipe_is_the_documented_one(schema) -> None:
     (row,) = _rows(schema, RECORD)
-    content = json.dumps({
-        "applied_at": "2024-03-01T08:30:00", "income": 1200.5, "children": 2, "purpose": "car",
-        "employer": "acme", "homeowner": True, "has_phone": True, "opened": "2019-01-15T00:00:00",
-    }, separators=(",", ":"))
+    content = json.dumps(
+        {
+            "applied_at": "2024-03-01T08:30:00",
+            "income": 1200.5,
+            "children": 2,
+            "purpose": "car",
+            "employer": "acme",
+            "homeowner": True,
+            "has_phone": True,
+            "opened": "2019-01-15T00:00:00",
+        },
+        separators=(",", ":"),
+    )
     expected = [f"r-{hashlib.sha256(f'{content}#{n}'.encode()).hexdigest()[:32]}" for n in (0, 1)]
     assert derive_record_ids(schema.inputs, [row, row], [None, None]) == expected
 
@@ -341,38 +395,67 @@ def test_string_target_labels_are_its_own_values_stored_as_1_for_the_positive() 
 
 
 def test_a_yes_no_target_whose_positive_is_the_second_value() -> None:
-    contract = _contract(target={"name": "default", "role": "target", "dtype": "string",
-                                 "allowed": ["No", "Yes"], "positive": "Yes"})
+    contract = _contract(
+        target={
+            "name": "default",
+            "role": "target",
+            "dtype": "string",
+            "allowed": ["No", "Yes"],
+            "positive": "Yes",
+        }
+    )
     assert _labels(contract, "Yes", "No") == [1, 0]
     assert _label_errors(contract, "yes") == [("labels[0].label", "literal_error", "yes")]
 
 
 def test_a_string_target_without_allowed_values_takes_any_string() -> None:
-    contract = _contract(target={"name": "outcome", "role": "target", "dtype": "string",
-                                 "positive": "churned"})
+    contract = _contract(
+        target={"name": "outcome", "role": "target", "dtype": "string", "positive": "churned"}
+    )
     assert _labels(contract, "churned", "stayed") == [1, 0]
     assert _label_errors(contract, True) == [("labels[0].label", "string_type", True)]
 
 
 def test_int_targets_keep_their_numbers_strictly() -> None:
-    default = _contract(target={"name": "Class", "role": "target", "dtype": "int",
-                                "allowed": [0, 1]})
+    default = _contract(
+        target={"name": "Class", "role": "target", "dtype": "int", "allowed": [0, 1]}
+    )
     assert _labels(default, 1, 0) == [1, 0]
-    for label, rule in [(2, "literal_error"), (True, "int_type"), (1.0, "int_type"),
-                        ("1", "int_type")]:
+    for label, rule in [
+        (2, "literal_error"),
+        (True, "int_type"),
+        (1.0, "int_type"),
+        ("1", "int_type"),
+    ]:
         assert _label_errors(default, label) == [("labels[0].label", rule, label)]
-    other = _contract(target={"name": "grade", "role": "target", "dtype": "int",
-                              "allowed": [1, 2], "positive": 2})
+    other = _contract(
+        target={"name": "grade", "role": "target", "dtype": "int", "allowed": [1, 2], "positive": 2}
+    )
     assert _labels(other, 2, 1) == [1, 0]
     assert _label_errors(other, 0) == [("labels[0].label", "literal_error", 0)]
 
 
 def test_bool_targets_take_booleans_and_their_tokens() -> None:
-    contract = _contract(target={"name": "fraud", "role": "target", "dtype": "bool",
-                                 "true_values": ["Y"], "false_values": ["N"]})
+    contract = _contract(
+        target={
+            "name": "fraud",
+            "role": "target",
+            "dtype": "bool",
+            "true_values": ["Y"],
+            "false_values": ["N"],
+        }
+    )
     assert _labels(contract, True, False, "Y", "N") == [1, 0, 1, 0]
     assert _label_errors(contract, "yes") == [("labels[0].label", "bool_parsing", "yes")]
     assert _label_errors(contract, 1) == [("labels[0].label", "bool_type", 1)]
-    negative = _contract(target={"name": "paid", "role": "target", "dtype": "bool",
-                                 "true_values": ["Y"], "false_values": ["N"], "positive": "N"})
+    negative = _contract(
+        target={
+            "name": "paid",
+            "role": "target",
+            "dtype": "bool",
+            "true_values": ["Y"],
+            "false_values": ["N"],
+            "positive": "N",
+        }
+    )
     assert _labels(negative, "N", False, "Y") == [1, 1, 0]

@@ -35,6 +35,7 @@ from .general_case import (
 
 pytestmark = pytest.mark.slow
 
+
 @pytest.fixture(scope="module")
 def model() -> Any:
     return build_model()
@@ -100,19 +101,30 @@ def test_identical_records_in_one_batch_get_distinct_ids(client: TestClient) -> 
 def test_tokens_nulls_and_an_unseen_category_reach_the_model_as_promised(
     client: TestClient,
 ) -> None:
-    record = {**RECORD, "income": None, "employer": "never-seen-employer", "homeowner": "N",
-              "has_phone": None, "opened": None, "applied_at": "2024-03-01T08:30:00Z"}
+    record = {
+        **RECORD,
+        "income": None,
+        "employer": "never-seen-employer",
+        "homeowner": "N",
+        "has_phone": None,
+        "opened": None,
+        "applied_at": "2024-03-01T08:30:00Z",
+    }
     answer = client.post("/v1/score", json=record)
     assert answer.status_code == 200, answer.text
     # The same record, framed by hand as the service documents it.
-    expected = pd.DataFrame({
-        "applied_at": pd.Series([pd.Timestamp("2024-03-01 08:30")], dtype="datetime64[ns]"),
-        "income": [np.nan], "children": [2.0],
-        "purpose": pd.Series(["car"], dtype=object),
-        "employer": pd.Series(["never-seen-employer"], dtype=object),
-        "homeowner": [0.0], "has_phone": [np.nan],
-        "opened": pd.Series([pd.NaT], dtype="datetime64[ns]"),
-    })
+    expected = pd.DataFrame(
+        {
+            "applied_at": pd.Series([pd.Timestamp("2024-03-01 08:30")], dtype="datetime64[ns]"),
+            "income": [np.nan],
+            "children": [2.0],
+            "purpose": pd.Series(["car"], dtype=object),
+            "employer": pd.Series(["never-seen-employer"], dtype=object),
+            "homeowner": [0.0],
+            "has_phone": [np.nan],
+            "opened": pd.Series([pd.NaT], dtype="datetime64[ns]"),
+        }
+    )
     served = client.app.state.service.models.current.model  # type: ignore[attr-defined]
     assert answer.json()["score"] == pytest.approx(served.predict_proba(expected)[0, 1], abs=1e-12)
 
@@ -145,23 +157,33 @@ def test_bad_values_are_422_naming_the_field_and_store_nothing(
 
 
 def test_labels_are_the_targets_own_values(client: TestClient) -> None:
-    first, second = client.post("/v1/score", json=[{**RECORD, "children": 4},
-                                                   {**RECORD, "children": 5}]).json()
-    answer = client.post("/v1/labels", json={"labels": [
-        {"score_id": first["score_id"], "label": "bad"},
-        {"record_id": second["record_id"], "label": "good"},  # the derived id works too
-    ]})
+    first, second = client.post(
+        "/v1/score", json=[{**RECORD, "children": 4}, {**RECORD, "children": 5}]
+    ).json()
+    answer = client.post(
+        "/v1/labels",
+        json={
+            "labels": [
+                {"score_id": first["score_id"], "label": "bad"},
+                {"record_id": second["record_id"], "label": "good"},  # the derived id works too
+            ]
+        },
+    )
     assert answer.status_code == 200, answer.text
     assert answer.json()["stored"] == 2
     assert client.get(f"/v1/scores/{first['score_id']}").json()["label"] == 1
     assert client.get(f"/v1/scores/{second['score_id']}").json()["label"] == 0
     for label, rule in (("meh", "literal_error"), ("BAD", "literal_error"), (1, "str_type")):
-        refused = client.post("/v1/labels", json={"labels": [
-            {"score_id": first["score_id"], "label": label}]})
+        refused = client.post(
+            "/v1/labels", json={"labels": [{"score_id": first["score_id"], "label": label}]}
+        )
         assert refused.status_code == 422, refused.text
         problem = refused.json()["detail"][0]
         assert (problem["field"], problem["rule"], problem["value"]) == (
-            "labels[0].label", rule, label)
+            "labels[0].label",
+            rule,
+            label,
+        )
     assert client.get(f"/v1/scores/{first['score_id']}").json()["label"] == 1
 
 
@@ -176,10 +198,16 @@ def test_a_model_that_breaks_on_an_unseen_category_is_refused_before_serving(
 
 def test_crispml_serve_scores_and_labels_the_general_contract(model: Any, tmp_path: Path) -> None:
     root = make_general_repo(tmp_path, model, env="svcgeneralserve")
-    server = Server(root, None, model_uri=MODEL_DIR, env_vars={
-        "CRISPML_API_TOKEN": TOKEN, "CRISPML_SERVICE_RELOAD_INTERVAL": "0",
-        "PYTHONPATH": server_pythonpath(),
-    })
+    server = Server(
+        root,
+        None,
+        model_uri=MODEL_DIR,
+        env_vars={
+            "CRISPML_API_TOKEN": TOKEN,
+            "CRISPML_SERVICE_RELOAD_INTERVAL": "0",
+            "PYTHONPATH": server_pythonpath(),
+        },
+    )
     try:
         server.start().wait_ready()
         with server.client(TOKEN) as http:
@@ -187,8 +215,9 @@ def test_crispml_serve_scores_and_labels_the_general_contract(model: Any, tmp_pa
             assert scored.status_code == 200, scored.text
             first, second = scored.json()
             assert first["record_id"] != second["record_id"]
-            labelled = http.post("/v1/labels", json={"labels": [
-                {"record_id": first["record_id"], "label": "bad"}]})
+            labelled = http.post(
+                "/v1/labels", json={"labels": [{"record_id": first["record_id"], "label": "bad"}]}
+            )
             assert labelled.status_code == 200, labelled.text
             assert http.get(f"/v1/scores/{first['score_id']}").json()["label"] == 1
             assert http.get(f"/v1/scores/{second['score_id']}").json()["label"] is None

@@ -19,10 +19,21 @@ from .conftest import delete_environment, unique_env
 
 def _row(environment: str, record: str, **overrides) -> dict:
     return {
-        "score_id": new_score_id(), "record_id": record, "frame": None, "score": 0.25,
-        "decision": 0, "threshold": 0.5, "model_name": "m", "model_version": "1",
-        "run_id": "r", "git_commit": "c", "environment": environment, "channel": "api",
-        "source": "test", "scored_at": utcnow(), **overrides,
+        "score_id": new_score_id(),
+        "record_id": record,
+        "frame": None,
+        "score": 0.25,
+        "decision": 0,
+        "threshold": 0.5,
+        "model_name": "m",
+        "model_version": "1",
+        "run_id": "r",
+        "git_commit": "c",
+        "environment": environment,
+        "channel": "api",
+        "source": "test",
+        "scored_at": utcnow(),
+        **overrides,
     }
 
 
@@ -43,8 +54,9 @@ def _writer(target: ScoreStore, commits: list[int], **kwargs) -> MicroBatcher:
         commits.append(len(rows))
         return [len(batch) for batch in batches]
 
-    return MicroBatcher(commit, name="writer", max_size=kwargs.pop("max_size", 500),
-                        size_of=len, **kwargs)
+    return MicroBatcher(
+        commit, name="writer", max_size=kwargs.pop("max_size", 500), size_of=len, **kwargs
+    )
 
 
 def test_concurrent_requests_are_all_stored_in_few_transactions(store) -> None:
@@ -78,7 +90,9 @@ def test_a_failed_commit_stores_nothing_of_any_request_in_it(store) -> None:
         broken = [_row(environment, "broken", score=None)]  # score is NOT NULL
         other = [_row(environment, "good-3")]
         outcome = await asyncio.gather(
-            writer.submit(good), writer.submit(broken), writer.submit(other),
+            writer.submit(good),
+            writer.submit(broken),
+            writer.submit(other),
             return_exceptions=True,
         )
         after = await writer.submit([_row(environment, "after")])
@@ -98,7 +112,17 @@ def test_api_rows_keep_their_lineage_and_read_back(store) -> None:
     assert target.insert_scores([row]) == 1
     stored = target.get_score(row["score_id"])
     assert stored is not None
-    for key in ("record_id", "score", "decision", "threshold", "model_version", "run_id",
-                "git_commit", "environment", "channel", "source"):
+    for key in (
+        "record_id",
+        "score",
+        "decision",
+        "threshold",
+        "model_version",
+        "run_id",
+        "git_commit",
+        "environment",
+        "channel",
+        "source",
+    ):
         assert stored[key] == row[key], key
     assert stored["frame"] is None and stored["label"] is None

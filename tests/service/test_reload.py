@@ -27,9 +27,14 @@ def pair(model_registry: Registry, tmp_path_factory) -> Iterator[dict[str, tuple
         folder = tmp_path_factory.mktemp(alias)
         url = f"sqlite:///{folder / 'scores.db'}"
         root = make_repo(folder / "repo", env="svcreload", store_url=url, alias=alias)
-        server = Server(root, model_registry, env_vars={
-            "CRISPML_API_TOKEN": TOKEN, "CRISPML_SERVICE_RELOAD_INTERVAL": interval,
-        })
+        server = Server(
+            root,
+            model_registry,
+            env_vars={
+                "CRISPML_API_TOKEN": TOKEN,
+                "CRISPML_SERVICE_RELOAD_INTERVAL": interval,
+            },
+        )
         made[alias] = (server, url)
     for server, _ in made.values():
         server.start()
@@ -60,8 +65,14 @@ class Hammer:
                 answer = client.post("/v1/score", json=record)
                 body = answer.json() if answer.status_code == 200 else {}
                 with self._lock:
-                    self.answers.append((time.monotonic(), answer.status_code,
-                                         body.get("model_version"), body.get("threshold")))
+                    self.answers.append(
+                        (
+                            time.monotonic(),
+                            answer.status_code,
+                            body.get("model_version"),
+                            body.get("threshold"),
+                        )
+                    )
                 i += 4
 
     def __enter__(self) -> Hammer:

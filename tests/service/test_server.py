@@ -53,8 +53,11 @@ def servers(
         "api": ({"CRISPML_API_TOKEN": TOKEN}, {}),
         "open_api": ({}, {}),
         "private": (
-            {"CRISPML_API_TOKEN": TOKEN, "CRISPML_SCORE_REQUIRES_TOKEN": "true",
-             "CRISPML_PSEUDONYMISATION_KEY": PSEUDO_KEY},
+            {
+                "CRISPML_API_TOKEN": TOKEN,
+                "CRISPML_SCORE_REQUIRES_TOKEN": "true",
+                "CRISPML_PSEUDONYMISATION_KEY": PSEUDO_KEY,
+            },
             {"pseudonymise_ids": True, "key_env": "CRISPML_PSEUDONYMISATION_KEY"},
         ),
     }
@@ -122,13 +125,22 @@ def test_a_batch_gets_one_result_per_record_in_order(api: Running, model_registr
 
 def test_a_record_without_its_optional_id_gets_a_derived_one(api: Running, model_registry) -> None:
     """The fraud contract's transaction_id is `required: false`: it may be left out."""
-    record = {k: v for k, v in sample_records(model_registry, 1, start=60)[0].items()
-              if k != "transaction_id"}
+    record = {
+        k: v
+        for k, v in sample_records(model_registry, 1, start=60)[0].items()
+        if k != "transaction_id"
+    }
     with api.server.client() as client:
         single = client.post("/v1/score", json=record)
         assert single.status_code == 200, single.text
-        batch = client.post("/v1/score", json=[record, {**record, "transaction_id": None},
-                                               {**record, "transaction_id": "given"}])
+        batch = client.post(
+            "/v1/score",
+            json=[
+                record,
+                {**record, "transaction_id": None},
+                {**record, "transaction_id": "given"},
+            ],
+        )
         assert batch.status_code == 200, batch.text
     derived = single.json()["record_id"]
     assert derived.startswith("r-") and len(derived) == 34
@@ -151,18 +163,30 @@ def test_labels_by_score_id_and_record_id_are_idempotent(api: Running, model_reg
     records = sample_records(model_registry, 2, start=20)
     with api.server.client(TOKEN) as client:
         first, second = client.post("/v1/score", json=records).json()
-        body = {"labels": [{"score_id": first["score_id"], "label": 1},
-                           {"record_id": second["record_id"], "label": 0}]}
+        body = {
+            "labels": [
+                {"score_id": first["score_id"], "label": 1},
+                {"record_id": second["record_id"], "label": 0},
+            ]
+        }
         for _ in range(2):  # the same labels twice: same outcome
             answer = client.post("/v1/labels", json=body)
             assert answer.status_code == 200, answer.text
-            assert answer.json() == {"stored": 2, "environment": "svctest",
-                                     "by_score_id": 1, "by_record_id": 1}
+            assert answer.json() == {
+                "stored": 2,
+                "environment": "svctest",
+                "by_score_id": 1,
+                "by_record_id": 1,
+            }
         assert client.get(f"/v1/scores/{first['score_id']}").json()["label"] == 1
         assert client.get(f"/v1/scores/{second['score_id']}").json()["label"] == 0
         # A correction overwrites; the newest word wins, also inside one request.
-        fix = {"labels": [{"score_id": first["score_id"], "label": 1},
-                          {"record_id": first["record_id"], "label": 0}]}
+        fix = {
+            "labels": [
+                {"score_id": first["score_id"], "label": 1},
+                {"record_id": first["record_id"], "label": 0},
+            ]
+        }
         assert client.post("/v1/labels", json=fix).json()["stored"] == 1
         assert client.get(f"/v1/scores/{first['score_id']}").json()["label"] == 0
 
@@ -171,14 +195,22 @@ def test_an_unknown_score_id_rejects_the_whole_labels_request(api: Running, mode
     record = sample_records(model_registry, 1, start=30)[0]
     with api.server.client(TOKEN) as client:
         known = client.post("/v1/score", json=record).json()
-        answer = client.post("/v1/labels", json={"labels": [
-            {"score_id": known["score_id"], "label": 1},
-            {"score_id": "0" * 32, "label": 0},
-        ]})
+        answer = client.post(
+            "/v1/labels",
+            json={
+                "labels": [
+                    {"score_id": known["score_id"], "label": 1},
+                    {"score_id": "0" * 32, "label": 0},
+                ]
+            },
+        )
         assert answer.status_code == 404
         problem = answer.json()["detail"][0]
         assert (problem["field"], problem["rule"], problem["value"]) == (
-            "labels[1].score_id", "unknown_score_id", "0" * 32)
+            "labels[1].score_id",
+            "unknown_score_id",
+            "0" * 32,
+        )
         assert client.get(f"/v1/scores/{known['score_id']}").json()["label"] is None
 
 
@@ -191,8 +223,10 @@ def test_report_verifies_stored_scores_against_labels(api: Running, model_regist
             batch = [item["record"] for item in items[chunk : chunk + MAX_BATCH]]
             results += client.post("/v1/score", json=batch).json()
         end = datetime.now(UTC) + timedelta(milliseconds=1)
-        labels = [{"score_id": r["score_id"], "label": item["label"]}
-                  for r, item in zip(results, items, strict=True)]
+        labels = [
+            {"score_id": r["score_id"], "label": item["label"]}
+            for r, item in zip(results, items, strict=True)
+        ]
         assert client.post("/v1/labels", json={"labels": labels}).status_code == 200
         window = {"from": start.isoformat(), "to": end.isoformat()}
         report = client.get("/v1/report", params=window)
@@ -216,7 +250,8 @@ def test_report_verifies_stored_scores_against_labels(api: Running, model_regist
         unix_time = client.get("/v1/report", params={"to": "0.5"})  # not read as 1970
         assert unix_time.status_code == 422
         assert [(p["field"], p["rule"]) for p in unix_time.json()["detail"]] == [
-            ("to", "iso_datetime")]
+            ("to", "iso_datetime")
+        ]
 
 
 # ------------------------------------------------------------------ auth
@@ -258,12 +293,14 @@ def test_scoring_can_require_the_token_and_ids_are_pseudonymised(servers, model_
         result = answer.json()
         assert result["record_id"] == record["transaction_id"]  # the caller's id comes back
         stored = client.get(f"/v1/scores/{result['score_id']}").json()
-        expected = hmac.new(PSEUDO_KEY.encode(), record["transaction_id"].encode(),
-                            hashlib.sha256).hexdigest()[:32]
+        expected = hmac.new(
+            PSEUDO_KEY.encode(), record["transaction_id"].encode(), hashlib.sha256
+        ).hexdigest()[:32]
         assert stored["record_id"] == expected  # as `prepare` keys ids for batch scores
         # Ground truth sent with the clear id joins the pseudonymised score.
-        labelled = client.post("/v1/labels", json={"labels": [
-            {"record_id": record["transaction_id"], "label": 1}]})
+        labelled = client.post(
+            "/v1/labels", json={"labels": [{"record_id": record["transaction_id"], "label": 1}]}
+        )
         assert labelled.status_code == 200
         assert client.get(f"/v1/scores/{result['score_id']}").json()["label"] == 1
 
@@ -272,8 +309,9 @@ def test_scoring_can_require_the_token_and_ids_are_pseudonymised(servers, model_
 
 
 def _raw(client: httpx.Client, body: bytes, **headers: str) -> httpx.Response:
-    return client.post("/v1/score", content=body,
-                       headers={"content-type": "application/json", **headers})
+    return client.post(
+        "/v1/score", content=body, headers={"content-type": "application/json", **headers}
+    )
 
 
 def _record(model_registry: Registry, **changes) -> dict:
@@ -287,8 +325,11 @@ BAD_INPUTS = {
     "above max": (lambda r: {**r, "V4": 250.5}, "V4", "less_than_equal"),
     "below min": (lambda r: {**r, "Amount": -1}, "Amount", "greater_than_equal"),
     "unknown field": (lambda r: {**r, "colour": "red"}, "colour", "extra_forbidden"),
-    "id too long": (lambda r: {**r, "transaction_id": "x" * 129}, "transaction_id",
-                    "string_too_long"),
+    "id too long": (
+        lambda r: {**r, "transaction_id": "x" * 129},
+        "transaction_id",
+        "string_too_long",
+    ),
     "batch too large": (lambda r: [r] * (MAX_BATCH + 1), "body", "too_long"),
     "empty batch": (lambda r: [], "body", "too_short"),
     "bad record in a batch": (lambda r: [r, {**r, "V2": 500.0}], "[1].V2", "less_than_equal"),
@@ -335,7 +376,8 @@ def test_nan_and_infinity_literals_are_rejected(api: Running, model_registry, ca
 
     problems = json.loads(answer.text, parse_constant=forbid)["detail"]
     assert [(p["field"], p["rule"], p["value"]) for p in problems] == [
-        ("V5", "finite_number", shown)]
+        ("V5", "finite_number", shown)
+    ]
     assert api.count() == before
 
 
@@ -356,7 +398,8 @@ def test_body_above_the_limit_is_413_declared_or_streamed(api: Running) -> None:
     with api.server.client() as client:
         declared = _raw(client, big)
         streamed = client.post(
-            "/v1/score", content=iter([big[:1000], big[1000:]]),
+            "/v1/score",
+            content=iter([big[:1000], big[1000:]]),
             headers={"content-type": "application/json"},
         )
     for answer in (declared, streamed):
@@ -421,8 +464,12 @@ def test_a_local_model_folder_serves_with_the_reported_threshold(model_registry,
     shutil.copytree(source, root / "data" / "models" / "model")
     (root / "reports").mkdir()
     (root / "reports" / "metrics.json").write_text(json.dumps({"threshold": 0.42}))
-    server = Server(root, model_registry, model_uri="data/models/model",
-                    env_vars={"CRISPML_SERVICE_RELOAD_INTERVAL": "1"})
+    server = Server(
+        root,
+        model_registry,
+        model_uri="data/models/model",
+        env_vars={"CRISPML_SERVICE_RELOAD_INTERVAL": "1"},
+    )
     try:
         server.start().wait_ready()
         with server.client() as client:
@@ -446,7 +493,10 @@ def _serve(root: Path, registry: Registry, *args: str, **env: str) -> subprocess
     environ.update({"MLFLOW_TRACKING_URI": registry.tracking_uri, **env})
     return subprocess.run(
         [sys.executable, "-m", "pipeline.cli", "serve", "--root", str(root), "--port", "1", *args],
-        env=environ, capture_output=True, text=True, timeout=120,
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 

@@ -20,17 +20,23 @@ from .conftest import make_repo
 
 
 def test_config_reads_the_environment_and_names_bad_variables() -> None:
-    config = ServiceConfig.from_env({
-        "CRISPML_SERVICE_MAX_BATCH": "7", "CRISPML_SERVICE_RELOAD_INTERVAL": "2.5",
-        "CRISPML_API_TOKEN": "  secret-token  ", "CRISPML_SCORE_REQUIRES_TOKEN": "yes",
-    })
+    config = ServiceConfig.from_env(
+        {
+            "CRISPML_SERVICE_MAX_BATCH": "7",
+            "CRISPML_SERVICE_RELOAD_INTERVAL": "2.5",
+            "CRISPML_API_TOKEN": "  secret-token  ",
+            "CRISPML_SCORE_REQUIRES_TOKEN": "yes",
+        }
+    )
     assert (config.max_batch, config.reload_interval) == (7, 2.5)
     assert config.api_token == "secret-token" and config.score_requires_token
     assert "secret-token" not in repr(config)
     assert ServiceConfig.from_env({"CRISPML_API_TOKEN": ""}).api_token is None
-    for variable, value in [("CRISPML_SERVICE_MAX_BATCH", "0"),
-                            ("CRISPML_SERVICE_MAX_BATCH", "ten"),
-                            ("CRISPML_SCORE_REQUIRES_TOKEN", "maybe")]:
+    for variable, value in [
+        ("CRISPML_SERVICE_MAX_BATCH", "0"),
+        ("CRISPML_SERVICE_MAX_BATCH", "ten"),
+        ("CRISPML_SCORE_REQUIRES_TOKEN", "maybe"),
+    ]:
         with pytest.raises(ConfigError, match=variable):
             ServiceConfig.from_env({variable: value, "CRISPML_API_TOKEN": "t"})
     with pytest.raises(ConfigError, match="nobody could score"):
@@ -46,7 +52,10 @@ def test_model_uris(tmp_path: Path) -> None:
     (tmp_path / "data" / "models" / "model" / "MLmodel").write_text("flavors: {}\n")
     local = parse_model_uri("data/models/model", tmp_path, "fraud")
     assert (local.kind, local.name, local.path) == (
-        "path", "fraud", tmp_path / "data" / "models" / "model")
+        "path",
+        "fraud",
+        tmp_path / "data" / "models" / "model",
+    )
     for bad in ("s3://bucket/model", "models:/fraud", "runs:/abc/model", "no/such/folder"):
         with pytest.raises(ConfigError, match="expected models:/<name>@<alias>"):
             parse_model_uri(bad, tmp_path, "fraud")
@@ -76,15 +85,26 @@ def _frame(rows) -> pd.DataFrame:
 
 
 def _serving(version: str, model: _Echo) -> ServingModel:
-    return ServingModel(model=model, name="m", version=version, run_id="r",
-                        threshold=0.5, git_commit="c", uri="u", loaded_at=utcnow())
+    return ServingModel(
+        model=model,
+        name="m",
+        version=version,
+        run_id="r",
+        threshold=0.5,
+        git_commit="c",
+        uri="u",
+        loaded_at=utcnow(),
+    )
 
 
 def test_batched_prediction_keeps_each_request_with_its_own_model_and_order() -> None:
     old_model, new_model = _Echo(), _Echo()
     old, new = _serving("1", old_model), _serving("2", new_model)
-    jobs = [_ScoreJob(old, [(0.1, 0), (0.2, 0)]), _ScoreJob(new, [(0.3, 0)]),
-            _ScoreJob(old, [(0.4, 0)])]
+    jobs = [
+        _ScoreJob(old, [(0.1, 0), (0.2, 0)]),
+        _ScoreJob(new, [(0.3, 0)]),
+        _ScoreJob(old, [(0.4, 0)]),
+    ]
     out = predict_jobs(jobs, _frame)
     assert [list(o) for o in out] == [[0.1, 0.2], [0.3], [0.4]]
     # One call per model version, not per request; a reload mid-batch mixes nothing.
@@ -103,8 +123,11 @@ class _Picky(_Echo):
 def test_a_row_the_model_cannot_score_fails_only_its_own_request() -> None:
     model = _Picky()
     serving = _serving("1", model)
-    jobs = [_ScoreJob(serving, [(0.1, 0)]), _ScoreJob(serving, [(0.2, -1), (0.3, 0)]),
-            _ScoreJob(serving, [(0.4, 0)])]
+    jobs = [
+        _ScoreJob(serving, [(0.1, 0)]),
+        _ScoreJob(serving, [(0.2, -1), (0.3, 0)]),
+        _ScoreJob(serving, [(0.4, 0)]),
+    ]
     out = predict_jobs(jobs, _frame)
     assert [list(o) for o in (out[0], out[2])] == [[0.1], [0.4]]
     assert isinstance(out[1], ValueError) and "unknown categories" in str(out[1])

@@ -230,7 +230,8 @@ def test_a_challenger_that_fails_to_load_is_dropped_and_not_reloaded_every_poll(
         from mlflow import MlflowClient
 
         # Nobody holds the alias any more: no challenger.
-        registry = MlflowClient(tracking_uri=model_registry.tracking_uri)
+        uri = model_registry.tracking_uri
+        registry = MlflowClient(tracking_uri=uri, registry_uri=uri)
         registry.delete_registered_model_alias(model_registry.model_name, alias)
         gone = await manager.refresh()
         assert gone.changed and gone.current is None and manager.current is None
