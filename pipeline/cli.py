@@ -328,8 +328,12 @@ def reports(root: Path | None) -> None:
     for page in pages:
         click.echo(f"    {page.as_uri()}")
     click.echo("  DVC plots                  run `dvc plots show` and open dvc_plots/index.html")
+    from pipeline.redaction import redact_url
+
+    # The URI may hold a password: printed redacted, so the line is safe to paste.
     click.echo(
-        f"  MLflow                     mlflow ui --backend-store-uri {settings.tracking_uri}"
+        f"  MLflow                     mlflow ui --backend-store-uri "
+        f"{redact_url(settings.tracking_uri)}"
     )
 
 

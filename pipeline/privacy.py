@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.config import Contract, Generalise, Privacy, Role
+from pipeline.config.environment import MIN_KEY_BYTES
 from pipeline.errors import ConfigError
 
 SUPPRESSED = "*"
@@ -26,7 +27,19 @@ def pseudonymisation_key(privacy: Privacy) -> bytes:
         raise ConfigError(
             f"privacy.pseudonymise_ids is on but environment variable {privacy.key_env} is not set"
         )
-    return value.encode("utf-8")
+    key = value.encode("utf-8")
+    if len(key) < MIN_KEY_BYTES:
+        raise ConfigError(key_too_short(privacy.key_env, len(key)))
+    return key
+
+
+def key_too_short(variable: str, size: int) -> str:
+    """The message for a short key: its length only, never a character of it."""
+    return (
+        f"{variable} holds {size} bytes: a pseudonymisation key needs at least {MIN_KEY_BYTES} "
+        "(make one with: python -c 'import secrets; print(secrets.token_hex(32))'; "
+        "qa and prod each need their own)"
+    )
 
 
 def pseudonymise(values: pd.Series, key: bytes) -> pd.Series:

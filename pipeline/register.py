@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from pipeline.evidence import FAILED, INSUFFICIENT, PASSED, Comparison
+from pipeline.redaction import redact_params, redact_url
 
 DEFER_ALIAS_ENV = "CRISPML_DEFER_ALIAS"
 
@@ -326,7 +327,7 @@ def run(settings) -> dict:
     ) as active:
         run_id = active.info.run_id
         mlflow.set_tags(tags)
-        _log_params(settings.flat_params())
+        _log_params(redact_params(settings.flat_params()))
         mlflow.log_metrics(numeric_metrics(metrics))
         mlflow.log_metrics({f"valid_{k}": v for k, v in numeric_metrics(metrics["valid"]).items()})
         for stage, figures in read_perf(layout.perf).items():
@@ -419,7 +420,7 @@ def run(settings) -> dict:
             # Model age, for staleness in verify and the service: when it was registered.
             "created_at": serving.creation_timestamp / 1000.0,
         },
-        "tracking_uri": settings.tracking_uri.split("@")[-1],
+        "tracking_uri": redact_url(settings.tracking_uri),
         # The holder the gate judged against: promote compares and sets on it.
         "alias_seen": {"alias": alias, "version": str(champion.version) if champion else None},
         "artifact_sha256": artifact,

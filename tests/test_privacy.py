@@ -59,3 +59,14 @@ def test_missing_key_is_a_config_error_naming_the_variable(monkeypatch: pytest.M
     monkeypatch.delenv("CRISPML_PSEUDONYMISATION_KEY", raising=False)
     with pytest.raises(ConfigError, match="CRISPML_PSEUDONYMISATION_KEY"):
         pseudonymisation_key(Privacy(pseudonymise_ids=True))
+
+
+def test_a_short_key_is_refused_without_showing_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """HMAC-SHA256 needs a key at least as long as its output: 32 bytes."""
+    monkeypatch.setenv("CRISPML_PSEUDONYMISATION_KEY", "short-secret-key")
+    with pytest.raises(ConfigError) as error:
+        pseudonymisation_key(Privacy(pseudonymise_ids=True))
+    assert "holds 16 bytes" in str(error.value) and "at least 32" in str(error.value)
+    assert "short-secret-key" not in str(error.value)
+    monkeypatch.setenv("CRISPML_PSEUDONYMISATION_KEY", "k" * 32)
+    assert pseudonymisation_key(Privacy(pseudonymise_ids=True)) == b"k" * 32

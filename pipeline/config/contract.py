@@ -21,6 +21,27 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def without_password(url: str | None) -> str | None:
+    """Refuse a URL with an inline password in params: params reach Git, dvc.lock and MLflow.
+
+    The password goes in an environment variable instead (`url_env`, CRISPML_STORE_URL).
+    """
+    from urllib.parse import urlsplit
+
+    if url is not None and "://" in url:
+        try:
+            password = urlsplit(url).password
+        except ValueError:
+            password = None
+        if password:
+            raise ValueError(
+                "holds a password: params are committed to Git and copied into dvc.lock and "
+                "MLflow; put the whole URL in an environment variable and name it in url_env "
+                "(for the store: CRISPML_STORE_URL)"
+            )
+    return url
+
+
 class Role(StrEnum):
     FEATURE = "feature"
     TARGET = "target"

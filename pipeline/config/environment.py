@@ -9,9 +9,11 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field, model_validator
+from pydantic import AfterValidator, Field, model_validator
 
-from pipeline.config.contract import Strict
+from pipeline.config.contract import Strict, without_password
+
+UrlWithoutPassword = Annotated[str, AfterValidator(without_password)]
 
 
 class GeneratorSource(Strict):
@@ -32,7 +34,7 @@ class SqlSource(Strict):
 
     kind: Literal["sql"]
     query: str
-    url: str | None = None
+    url: UrlWithoutPassword | None = None
     url_env: str | None = None
 
     @model_validator(mode="after")
@@ -62,6 +64,10 @@ class Generalise(Strict):
         if (self.bin_width is None) == (self.keep_prefix is None):
             raise ValueError("a generalisation needs exactly one of 'bin_width' or 'keep_prefix'")
         return self
+
+
+# HMAC-SHA256 is only as strong as its key: at least the hash's 32 bytes (RFC 2104).
+MIN_KEY_BYTES = 32
 
 
 class Privacy(Strict):
@@ -141,7 +147,19 @@ class Registry(Strict):
 
 
 class Store(Strict):
-    url: str
+    url: UrlWithoutPassword
+
+
+class CiJob(Strict):
+    """What a CI job of this environment refuses to run without (`crispml ci setup`).
+
+    Without its store variable a job writes scores into a SQLite file that vanishes with
+    the job; without its remote variable DVC pushes to the embedded local folder. A
+    shared environment (qa, prod) must fail loudly instead.
+    """
+
+    require_store_url: bool = False
+    require_dvc_remote_url: bool = False
 
 
 class Environment(Strict):
@@ -151,3 +169,4 @@ class Environment(Strict):
     registry: Registry
     store: Store
     dvc_remote: str
+    ci: CiJob = CiJob()

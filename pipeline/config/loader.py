@@ -192,6 +192,10 @@ def _format_validation(error: ValidationError, source: str) -> str:
     for item in error.errors():
         where = ".".join(str(p) for p in item["loc"]) or "(top level)"
         value = item.get("input")
+        if isinstance(value, str) and "://" in value:
+            from pipeline.redaction import redact_url
+
+            value = redact_url(value)  # the error names the URL, never its password
         shown = "" if isinstance(value, dict | list) else f" (value: {value!r})"
         lines.append(f"  {where}: {item['msg']}{shown}")
     return "\n".join(lines)

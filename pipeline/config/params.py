@@ -7,11 +7,11 @@ typo fails at load time with the key named.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import AfterValidator, Field, model_validator
 
-from pipeline.config.contract import Strict
+from pipeline.config.contract import Strict, without_password
 
 
 class Frames(Strict):
@@ -152,7 +152,7 @@ class LabelSource(Strict):
 
     kind: Literal["target", "file", "sql"] = "target"
     path: str | None = None
-    url: str | None = None
+    url: Annotated[str, AfterValidator(without_password)] | None = None
     url_env: str | None = None
     query: str | None = None
     id_column: str = "id"

@@ -50,13 +50,10 @@ def short(commit: str | None) -> str:
 
 
 def redact(url: str) -> str:
-    """A URL fit for a log: user and password replaced, so a pasted log leaks nothing."""
-    from urllib.parse import urlsplit, urlunsplit
+    """A URL fit for a log, so a pasted log leaks nothing (see pipeline/redaction.py)."""
+    from pipeline.redaction import redact_url
 
-    parts = urlsplit(url)
-    if "@" not in parts.netloc:
-        return url
-    return urlunsplit(parts._replace(netloc="***@" + parts.netloc.rsplit("@", 1)[1]))
+    return redact_url(url)
 
 
 def actor_from(environ: Mapping[str, str]) -> str:

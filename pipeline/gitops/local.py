@@ -391,6 +391,15 @@ def build_command(
     return args, plan
 
 
+def _shown(arg: str) -> str:
+    """A command-line argument fit to print: secret-named variables and URL passwords hidden."""
+    from pipeline.redaction import redact_url
+
+    arg = re.sub(r"(KEY|PASSWORD|TOKEN|SECRET)=.*", r"\1=***", arg)
+    variable = re.match(r"(--variable=[A-Za-z_][A-Za-z0-9_]*=)(.*://.*)", arg)
+    return variable.group(1) + redact_url(variable.group(2)) if variable else arg
+
+
 def run_local(
     root: Path,
     env: str | None,
@@ -422,7 +431,7 @@ def run_local(
         f"{plan['pipeline'] or 'pipeline'}: jobs {' '.join(plan['jobs'])} in environment "
         f"{plan['environment']}; MLflow, DVC remotes and stores in {state}"
     )
-    shown = [re.sub(r"(KEY|PASSWORD|TOKEN|SECRET)=.*", r"\1=***", a) for a in args]
+    shown = [_shown(a) for a in args]
     echo("$ " + " ".join(shown))
     if dry_run:
         return 0

@@ -31,6 +31,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline.config.environment import MIN_KEY_BYTES
 from pipeline.errors import ConfigError
 from pipeline.gitops.common import Runner, redact, run, settings_for
 
@@ -101,10 +102,29 @@ def required_variables(settings, environ: Mapping[str, str]) -> list[str]:
             "(a CI/CD variable), not into a SQLite file that disappears with the job"
         )
     privacy = settings.environment.privacy
-    if privacy.pseudonymise_ids and not environ.get(privacy.key_env):
+    key = environ.get(privacy.key_env, "")
+    if privacy.pseudonymise_ids and not key:
         problems.append(
             f"{privacy.key_env} is not set: environment {settings.env!r} pseudonymises ids "
             "with a secret key; add it as a masked (and, for prod, protected) CI/CD variable"
+        )
+    elif privacy.pseudonymise_ids and len(key.encode("utf-8")) < MIN_KEY_BYTES:
+        from pipeline.privacy import key_too_short
+
+        problems.append(key_too_short(privacy.key_env, len(key.encode("utf-8"))))
+    ci = settings.environment.ci
+    store = store_url_variable(settings.env)
+    if ci.require_store_url and not is_review(environ) and not environ.get(store):
+        problems.append(
+            f"{store} is not set: environment {settings.env!r} keeps its scores in the "
+            "team's database (environments/<env>/params.yaml ci.require_store_url), not in a "
+            "SQLite file that disappears with the job"
+        )
+    remote = remote_url_variable(settings.environment.dvc_remote)
+    if ci.require_dvc_remote_url and not environ.get(remote):
+        problems.append(
+            f"{remote} is not set: environment {settings.env!r} versions its data in its own "
+            "DVC remote (ci.require_dvc_remote_url), not in the embedded local folder"
         )
     return problems
 

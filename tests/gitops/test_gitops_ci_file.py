@@ -303,6 +303,58 @@ def test_deploy_image_is_maintained_and_pinned() -> None:
     assert re.fullmatch(r"alpine/k8s:\d+\.\d+\.\d+", image), image
 
 
+FAKE_KUBECTL = """#!/bin/sh
+# Records every call's arguments; keeps what an env file handed to it held.
+printf '%s\\n' "$*" >> "$KUBECTL_LOG"
+for arg in "$@"; do
+  case "$arg" in
+    --from-env-file=*) cat "${arg#--from-env-file=}" >> "$KUBECTL_SECRETS" ;;
+  esac
+done
+case "$*" in *"apply -f -"*) cat > /dev/null ;; esac
+exit 0
+"""
+
+
+def test_deploy_hands_secrets_to_kubectl_in_a_file_never_as_arguments(tmp_path: Path) -> None:
+    """Arguments of a process are visible to every user of the runner (`ps`, /proc)."""
+    script = next(line for line in load_ci(CI_FILE)[".deploy"]["script"] if "create secret" in line)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    kubectl = bin_dir / "kubectl"
+    kubectl.write_text(FAKE_KUBECTL)
+    kubectl.chmod(0o755)
+    planted = {
+        "MLFLOW_TRACKING_URI": "https://ml:planted-mlflow-pw@mlflow.example",
+        "CRISPML_STORE_URL_PROD": "postgresql+psycopg://app:planted-store-pw@db/prod",
+        "CRISPML_API_TOKEN": "planted-api-token",
+        "CRISPML_PSEUDONYMISATION_KEY": "planted-pseudonymisation-key-0123456789abcdef",
+        "AWS_SECRET_ACCESS_KEY": "planted-aws-secret",
+        "MLFLOW_TRACKING_PASSWORD": "planted-mlflow-password",
+    }
+    env = {
+        "PATH": f"{bin_dir}:/usr/bin:/bin",
+        "TMPDIR": str(tmp_path),
+        "KUBE_CONTEXT": "test-cluster",
+        "CRISPML_ENV": "prod",
+        "KUBECTL_LOG": str(tmp_path / "calls.log"),
+        "KUBECTL_SECRETS": str(tmp_path / "secret.env"),
+        **planted,
+    }
+    subprocess.run(["sh", "-euc", script], env=env, check=True, cwd=tmp_path)
+    calls = (tmp_path / "calls.log").read_text()
+    assert "create secret generic crispml-service" in calls
+    for name, value in planted.items():
+        secret = value.split("@")[0].rsplit(":", 1)[-1] if "@" in value else value
+        assert secret not in calls, f"{name} reached kubectl's command line"
+    handed = dict(line.split("=", 1) for line in (tmp_path / "secret.env").read_text().splitlines())
+    assert handed["CRISPML_STORE_URL"] == planted["CRISPML_STORE_URL_PROD"]
+    for name in planted.keys() - {"CRISPML_STORE_URL_PROD"}:
+        assert handed[name] == planted[name]
+    # The folder with the values is gone once the secret exists.
+    assert {p.name for p in tmp_path.iterdir()} == {"bin", "calls.log", "secret.env"}
+
+
 def test_prod_promotes_to_shadow_first() -> None:
     ci = load_ci(CI_FILE)
     champion = ci["promote:prod-champion"]

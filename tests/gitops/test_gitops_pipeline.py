@@ -72,7 +72,7 @@ class World:
             "DVC_REMOTE_URL_DEV": str(base / "remotes" / "dev"),
             "DVC_REMOTE_URL_QA": str(base / "remotes" / "qa"),
             "DVC_REMOTE_URL_PROD": str(base / "remotes" / "prod"),
-            "CRISPML_PSEUDONYMISATION_KEY": "test-only-pseudonymisation-key",
+            "CRISPML_PSEUDONYMISATION_KEY": "test-only-pseudonymisation-key-of-32+-bytes",
         }
         self.facts: dict[str, Any] = {}
         self.started = time.monotonic()

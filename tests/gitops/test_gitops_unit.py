@@ -567,15 +567,23 @@ def test_setup_checks_variables_and_points_dvc_at_the_environment_remote(
         gitops.setup_job(project_repo, {})
     assert "MLFLOW_TRACKING_URI is not set" in str(error.value)
     assert "CRISPML_PSEUDONYMISATION_KEY is not set" in str(error.value)
+    with pytest.raises(ConfigError, match="holds 5 bytes: a pseudonymisation key needs"):
+        gitops.setup_job(project_repo, {"CRISPML_PSEUDONYMISATION_KEY": "short"})
+    # qa is shared: no throwaway SQLite store, no pushes to the embedded local remote.
+    assert "CRISPML_STORE_URL_QA is not set" in str(error.value)
+    assert "DVC_REMOTE_URL_QA is not set" in str(error.value)
 
     environ = {
         "MLFLOW_TRACKING_URI": "https://user:secret@mlflow.example",
-        "CRISPML_PSEUDONYMISATION_KEY": "k",
+        "CRISPML_PSEUDONYMISATION_KEY": "k" * 32,
         "DVC_REMOTE_URL_QA": "s3://bucket/crispml/qa",
+        "CRISPML_STORE_URL_QA": "postgresql+psycopg://ci:store-secret@db.example/qa",
     }
     summary = gitops.setup_job(project_repo, environ)
     assert summary["dvc_remote"] == "qa" and summary["dvc_remote_url_from"] == "DVC_REMOTE_URL_QA"
-    assert summary["tracking_uri"] == "https://***@mlflow.example"
+    # SQLAlchemy's rendering: the user stays (it tells which account), the password goes.
+    assert summary["tracking_uri"] == "https://user:***@mlflow.example"
+    assert "store-secret" not in json.dumps(summary)
     local = (project_repo / ".dvc" / "config.local").read_text()
     assert "s3://bucket/crispml/qa" in local and "remote = qa" in local
     assert "s3://bucket" not in (project_repo / ".dvc" / "config").read_text()
@@ -605,19 +613,23 @@ def test_a_review_never_reaches_an_environment_store(project_repo: Path, env: st
     real = "postgresql+psycopg://ci:secret@db.example/crispml_dev"
     environ = {
         "MLFLOW_TRACKING_URI": "sqlite:///x.db",
-        "CRISPML_PSEUDONYMISATION_KEY": "k",
+        "CRISPML_PSEUDONYMISATION_KEY": "k" * 32,
         "CRISPML_STORE_URL": real,  # a project-level variable: the trap
         "CRISPML_STORE_URL_DEV": real,
         "CRISPML_STORE_URL_QA": real,
         "CRISPML_STORE_URL_PROD": real,
+        "DVC_REMOTE_URL_QA": "s3://bucket/crispml/qa",
+        "DVC_REMOTE_URL_PROD": "s3://bucket/crispml/prod",
         "CI_PIPELINE_SOURCE": "merge_request_event",
     }
     summary = gitops.setup_job(project_repo, environ, env_file=Path(".crispml/ci.env"))
     assert summary["review"] is True
     assert summary["score_store"].startswith(gitops.REVIEW_STORE_URL)
     assert (
-        "CRISPML_STORE_URL was set for this job (postgresql+psycopg://***@db" in summary["warning"]
+        "CRISPML_STORE_URL was set for this job (postgresql+psycopg://ci:***@db"
+        in summary["warning"]
     )
+    assert "secret" not in summary["warning"]
     env_file = project_repo / ".crispml" / "ci.env"
     assert "secret" not in env_file.read_text()
     assert _sourced_store(env_file, environ) == gitops.REVIEW_STORE_URL
@@ -629,8 +641,12 @@ def test_a_review_never_reaches_an_environment_store(project_repo: Path, env: st
     assert "secret" not in env_file.read_text(), "the file names the variable, not its value"
     assert _sourced_store(env_file, branch) == real
     del branch[variable]
-    gitops.setup_job(project_repo, branch, env_file=Path(".crispml/ci.env"))
-    assert _sourced_store(env_file, branch) == "<unset>", "the committed store applies"
+    if env == "dev":
+        gitops.setup_job(project_repo, branch, env_file=Path(".crispml/ci.env"))
+        assert _sourced_store(env_file, branch) == "<unset>", "the committed store applies"
+    else:  # a shared environment never falls back to a SQLite file inside the job
+        with pytest.raises(ConfigError, match=f"{variable} is not set"):
+            gitops.setup_job(project_repo, branch, env_file=Path(".crispml/ci.env"))
     assert git(project_repo, "check-ignore", ".crispml/ci.env").returncode == 0
 
 
