@@ -3,7 +3,8 @@
 The write path of POST /v1/score, and why it is shaped this way:
 
 1. FastAPI validates the body against the model generated from the data contract;
-   a bad record is a 422 before anything else happens, so nothing is stored.
+   a bad record is a 422 before anything else happens, so nothing is stored. So is a
+   batch that repeats a unique id, and a body not sent as JSON is a 415.
 2. The request takes the serving model holder once (`models.current`) and keeps it.
 3. Its rows go to the *scorer* batcher: concurrent requests share one
    `predict_proba` call, per holder, in the scorer's own thread. A record without an
@@ -12,7 +13,9 @@ The write path of POST /v1/score, and why it is shaped this way:
    transaction (`ScoreStore.insert_scores`), in the writer's own thread - a group
    commit. Scoring of the next batch overlaps with the commit of this one.
 5. Only when its commit succeeded does the request answer 200. A failed or timed-out
-   commit answers 503 for exactly the requests in it: never a 200 for an unstored score.
+   commit answers 503: never a 200 for an unstored score. A failed shared commit is
+   retried request by request, so a request whose rows the database refuses fails
+   alone instead of taking its neighbours in the transaction with it.
 6. When a challenger is loaded (`@<alias>-challenger`), the answered rows are handed to
    the *shadow* path after the answer is settled: the challenger scores them in its own
    batcher thread, and its rows (`shadow` true, `shadow_of` the champion's score id) ride
@@ -27,6 +30,7 @@ route parameters, and some of them are built at run time from the contract.
 
 import asyncio
 import contextlib
+import email.message
 import hmac
 import logging
 import math
@@ -41,6 +45,7 @@ from typing import Annotated, Any, Literal
 
 import numpy as np
 import pandas as pd
+import sqlalchemy as sa
 from fastapi import Body, Depends, FastAPI, HTTPException, Query, Request
 from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
@@ -74,7 +79,9 @@ from pipeline.service.contract import (
     label_request_model,
     record_schema,
     score_request_type,
+    text_type,
 )
+from pipeline.service.errors import safe_text
 from pipeline.service.ids import derive_record_ids
 from pipeline.service.metrics import CONTENT_TYPE, Freshness, ServiceMetrics
 from pipeline.service.middleware import BodyLimit, RequestMetrics
@@ -183,6 +190,8 @@ def _iso_datetime(value: Any) -> datetime:
 
 
 IsoDatetime = Annotated[datetime, BeforeValidator(_iso_datetime)]
+# A score id in a path: the rules of every id (no control characters, not blank).
+ScoreIdText = text_type(is_id=True, min_length=1, max_length=SCORE_ID_MAX_LENGTH)
 
 
 def _utc(value: datetime | None, name: str) -> datetime | None:
@@ -194,6 +203,58 @@ def _utc(value: datetime | None, name: str) -> datetime | None:
         raise _field_error(
             422, name, "datetime_range", "is outside the representable range", value.isoformat()
         ) from None
+
+
+def _is_json(content_type: str | None) -> bool:
+    """The media types FastAPI reads as JSON: application/json and application/*+json."""
+    if not content_type:
+        return False
+    message = email.message.Message()
+    message["content-type"] = content_type
+    subtype = message.get_content_subtype()
+    return message.get_content_maintype() == "application" and (
+        subtype == "json" or subtype.endswith("+json")
+    )
+
+
+async def require_json(request: Request) -> None:
+    """415 for a body not declared as JSON (text/plain, a form, no Content-Type at all).
+
+    FastAPI hands such a body to validation as raw bytes, and the client got a 422 about
+    the record's shape for what is a media type mistake. A dependency runs before the
+    body's validation errors are raised, so the 415 wins. An empty body keeps the 422
+    that says the body is missing.
+    """
+    if _is_json(request.headers.get("content-type")) or not await request.body():
+        return
+    raise HTTPException(
+        415, "the request body must be JSON: send it with Content-Type: application/json"
+    )
+
+
+def duplicate_ids(record_ids: Sequence[str], id_column: str) -> HTTPException | None:
+    """A 422 naming every record whose id an earlier record of the same request has.
+
+    The contract says the id is unique; stored twice, one record would have two scores
+    and each label by record id would land on both. Derived ids take part too: a sent id
+    that equals another record's derived id is the same clash.
+    """
+    first: dict[str, int] = {}
+    problems = []
+    for index, record_id in enumerate(record_ids):
+        earlier = first.setdefault(record_id, index)
+        if earlier == index:
+            continue
+        problems.append(
+            FieldError(
+                loc=["body", index, id_column],
+                field=f"[{index}].{id_column}",
+                rule="duplicate_id",
+                msg=f"record [{earlier}] of this request has the same id; ids are unique",
+                value=record_id,
+            ).model_dump()
+        )
+    return HTTPException(422, detail=problems) if problems else None
 
 
 def _field_error(status: int, field: str, rule: str, msg: str, value: Any = None) -> HTTPException:
@@ -429,39 +490,61 @@ class ServiceState:
         return predict_jobs(jobs, self.schema.frame)
 
     def _commit(self, batches: list[list[dict[str, Any]]]) -> list[int | Exception]:
-        """One transaction for every request in the batch: all are stored, or none is.
+        """One transaction for every request in the batch; should it fail, one per request.
 
-        Shadow rows share the transaction (no extra commit for them). Should the shared
-        transaction fail, the answered rows are tried once more without the shadow rows,
-        so that a challenger's rows can never cost a champion's answer.
+        The shared transaction is all or nothing, so one row the database refuses would
+        fail every request that happened to share it: an attacker's request would cost
+        honest clients their answers. After a failed shared commit, each request's rows
+        are therefore tried again in a transaction of their own, answered requests first
+        and shadow rows last (a challenger's rows can never cost a champion's answer).
+        A request whose own commit fails gets its error as its result (503); a failed
+        shadow request gets `ShadowNotStored`.
+
+        A store that is down would fail every retry, each after its own wait: once a
+        retry fails on the connection (`_store_down`), the requests not yet retried get
+        that error without another attempt.
         """
         rows = [row for batch in batches for row in batch]
         with self.metrics.commit_seconds.time():
             try:
                 self.store.insert_scores(rows)
             except Exception as error:
-                answered = [batch for batch in batches if not _is_shadow(batch)]
-                if not answered or len(answered) == len(batches):
+                if len(batches) == 1:
                     self.metrics.store_failures.inc()
                     raise
                 self._warn(
-                    "shadow-store",
-                    "group commit with shadow rows failed (%s); storing the answered rows alone",
-                    error,
+                    "group-commit",
+                    "group commit of %d requests failed (%s); committing each request alone",
+                    len(batches),
+                    _brief(error),
                 )
-                try:
-                    self.store.insert_scores([row for batch in answered for row in batch])
-                except Exception:
-                    self.metrics.store_failures.inc()
-                    raise
-                rows = [row for batch in answered for row in batch]
-                failed = ShadowNotStored(str(error))
-                self.metrics.commit_rows.observe(len(rows))
-                self.metrics.stored.inc(len(rows))
-                return [failed if _is_shadow(batch) else len(batch) for batch in batches]
+                return self._commit_each(batches)
         self.metrics.commit_rows.observe(len(rows))
         self.metrics.stored.inc(len(rows))
         return [len(batch) for batch in batches]
+
+    def _commit_each(self, batches: list[list[dict[str, Any]]]) -> list[int | Exception]:
+        """Each request's rows in a transaction of their own, answered requests first."""
+        order = sorted(range(len(batches)), key=lambda i: _is_shadow(batches[i]))
+        results: list[int | Exception] = [0] * len(batches)
+        down: Exception | None = None
+        for index in order:
+            batch = batches[index]
+            try:
+                if down is not None:
+                    raise down
+                self.store.insert_scores(batch)
+            except Exception as error:
+                if _store_down(error):
+                    down = error
+                results[index] = ShadowNotStored(_brief(error)) if _is_shadow(batch) else error
+                continue
+            self.metrics.commit_rows.observe(len(batch))
+            self.metrics.stored.inc(len(batch))
+            results[index] = len(batch)
+        if any(isinstance(r, Exception) and not isinstance(r, ShadowNotStored) for r in results):
+            self.metrics.store_failures.inc()
+        return results
 
     # -- the shadow path -----------------------------------------------------------------
 
@@ -591,6 +674,20 @@ def _is_shadow(batch: list[dict[str, Any]]) -> bool:
     return bool(batch) and bool(batch[0].get("shadow"))
 
 
+def _store_down(error: Exception) -> bool:
+    """The store, not one request's rows, is the problem: the connection or the server
+    failed (SQLAlchemy's OperationalError, InterfaceError, pool timeout). A row the
+    database refuses is a DataError, IntegrityError or a StatementError from the driver."""
+    return isinstance(error, sa.exc.OperationalError | sa.exc.InterfaceError | sa.exc.TimeoutError)
+
+
+def _brief(error: Exception) -> str:
+    """The first line of an error: SQLAlchemy's carry the statement and every parameter,
+    which belong neither in a warning at request rate nor in a client's answer."""
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0] if text else ''}"[:300]
+
+
 def create_app(
     settings: Settings, config: ServiceConfig | None = None, model_uri: str | None = None
 ) -> FastAPI:
@@ -650,6 +747,7 @@ def create_app(
     }
     invalid: dict[int | str, dict[str, Any]] = {
         413: {"model": Problem, "description": "Request body above the size limit."},
+        415: {"model": Problem, "description": "The body is not sent as application/json."},
         422: {"model": ValidationProblem, "description": "A field breaks a rule of the contract."},
     }
 
@@ -657,10 +755,17 @@ def create_app(
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
-        entries = service_errors.field_errors(exc.errors())
-        return JSONResponse(
-            {"error": service_errors.summary(entries), "detail": entries}, status_code=422
-        )
+        # Whatever the input, the answer is a 422: an entry that still cannot be rendered
+        # (it should not exist: `field_errors` makes every string safe) costs its detail,
+        # never a 500 with a trace.
+        try:
+            entries = service_errors.field_errors(exc.errors())
+            return JSONResponse(
+                {"error": service_errors.summary(entries), "detail": entries}, status_code=422
+            )
+        except Exception as error:
+            log.warning("validation errors not rendered: %s", type(error).__name__)
+            return JSONResponse({"error": "invalid request", "detail": []}, status_code=422)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -678,14 +783,14 @@ def create_app(
                 {"error": service_errors.summary([entry]), "detail": [entry]}, status_code=422
             )
         if isinstance(exc.detail, list):  # field errors raised by a route (e.g. labels)
+            entries = [service_errors.safe_entry(entry) for entry in exc.detail]
             return JSONResponse(
-                {"error": service_errors.summary(exc.detail), "detail": exc.detail},
+                {"error": service_errors.summary(entries), "detail": entries},
                 status_code=exc.status_code,
                 headers=exc.headers,
             )
-        return JSONResponse(
-            {"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers
-        )
+        detail = exc.detail if not isinstance(exc.detail, str) else safe_text(exc.detail)
+        return JSONResponse({"detail": detail}, status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(CrispError)
     async def _crisp(_request: Request, exc: CrispError) -> JSONResponse:
@@ -703,7 +808,8 @@ def create_app(
     # ------------------------------------------------------------------ scoring
 
     score_body = score_request_type(schema, config.max_batch)
-    score_dependencies = protected if config.score_requires_token else []
+    json_body = [Depends(require_json)]
+    score_dependencies = [*protected, *json_body] if config.score_requires_token else json_body
     score_responses: dict[int | str, dict[str, Any]] = {
         **invalid,
         503: {
@@ -736,15 +842,19 @@ def create_app(
         """
         model = state.models.current  # taken once: this request's version, whatever happens
         challenger = state.challenger_model  # likewise for its shadow
-        if model is None:
-            raise HTTPException(503, f"no model is loaded: {state.models.last_error}")
         records = body if isinstance(body, list) else [body]
         pairs = [schema.values(record) for record in records]
         rows = [values for _, values in pairs]
+        record_ids = derive_record_ids(schema.inputs, rows, [record_id for record_id, _ in pairs])
+        if schema.id_unique and schema.id_column is not None and len(record_ids) > 1:
+            clash = duplicate_ids(record_ids, schema.id_column)
+            if clash is not None:
+                raise clash
+        if model is None:
+            raise HTTPException(503, f"no model is loaded: {state.models.last_error}")
         scores = await state.scorer.submit(_ScoreJob(model, rows))
         if isinstance(scores, Exception):
             raise scores  # the model could not score this request: 500, trace in the log
-        record_ids = derive_record_ids(schema.inputs, rows, [record_id for record_id, _ in pairs])
         stored_ids = state.pseudonymise(record_ids)
         now = utcnow()
         stored: list[dict[str, Any]] = []
@@ -786,9 +896,12 @@ def create_app(
                 }
             )
         try:
-            await asyncio.wait_for(state.writer.submit(stored), config.store_timeout)
+            committed = await asyncio.wait_for(state.writer.submit(stored), config.store_timeout)
+            if isinstance(committed, Exception):  # this request's own commit failed
+                raise committed
         except Exception as error:
-            log.warning("score not stored, answering 503: %s", error or type(error).__name__)
+            # The first line only: SQLAlchemy's text carries every row's parameters.
+            log.warning("score not stored, answering 503: %s", _brief(error))
             raise HTTPException(
                 503, "the score store did not confirm the write, so no score is answered; retry"
             ) from None
@@ -810,7 +923,7 @@ def create_app(
     @app.post(
         "/v1/labels",
         response_model=LabelResult,
-        dependencies=protected,
+        dependencies=[*protected, *json_body],
         responses={
             **invalid,
             **responses_401,
@@ -899,17 +1012,24 @@ def create_app(
         "/v1/scores/{score_id}",
         response_model=StoredScore,
         responses={
-            404: {"model": Problem, "description": "No stored score has this id."},
+            404: {
+                "model": Problem,
+                "description": "No stored score of this environment has this id.",
+            },
             422: invalid[422],
         },
         tags=["audit"],
         summary="A stored score with its lineage and, once known, its label",
     )
     async def get_score(
-        score_id: Annotated[str, PathParam(min_length=1, max_length=SCORE_ID_MAX_LENGTH)],
+        score_id: Annotated[ScoreIdText, PathParam()],  # type: ignore[valid-type]
     ) -> Any:
+        """A stored score of this service's environment; any other id, including one of a
+        score of another environment, is a 404."""
+        # Environments may share a store: a dev service must neither read a prod score and
+        # its label, nor tell that the id exists (the same answer as for an unknown id).
         row = await asyncio.to_thread(state.store.get_score, score_id)
-        if row is None:
+        if row is None or row["environment"] != state.environment:
             raise HTTPException(404, f"no stored score has id {score_id!r}")
         return row
 

@@ -13,6 +13,9 @@ each with its dtype and rules:
 * a bool takes JSON true/false and the column's own tokens ("Y"/"N", "yes"/"no", ...);
 * a datetime takes ISO 8601 text (or the column's strptime `format`), kept as naive UTC;
 * `nullable: true` fields accept null, every other field refuses it;
+* text never holds a control character (NUL, ESC, DEL, C1; free text may hold a tab or
+  a line break) nor a lone UTF-16 surrogate: PostgreSQL refuses NUL, and one refused
+  row would fail every request of its group commit. An id is never blank either;
 * `extra="forbid"`: a misspelt column is an error, not a silently ignored field.
 
 FastAPI puts these models into /docs and /openapi.json, so every field is documented
@@ -30,6 +33,7 @@ datetime), so `RecordSchema.frame` can hand the model the same dtypes training s
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -71,6 +75,48 @@ _LATEST = datetime(2262, 4, 11)
 EXAMPLE_DATETIME = datetime(2024, 1, 1, 12, 0, 0)
 # A category nobody trained on: the example (and the warm-up) uses it on purpose.
 EXAMPLE_CATEGORY = "example"
+
+# What no text may hold: C0 controls, DEL, C1 controls (Unicode category Cc) and lone
+# UTF-16 surrogates (JSON "\ud800" decodes to one; it cannot be encoded, stored or
+# answered). Free text keeps tab, line feed and carriage return; an id keeps none.
+_CONTROL_IN_TEXT = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
+_CONTROL_IN_ID = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
+def _text_rule(*, is_id: bool) -> Callable[[str], str]:
+    """An after-check for text: no control characters (ids: none at all), no blank id.
+
+    Pydantic's own str validation already refuses lone surrogates (`string_unicode`);
+    the pattern covers them too, so the rule holds wherever this check runs. The error
+    names the code point and its position, never the character itself.
+    """
+    pattern = _CONTROL_IN_ID if is_id else _CONTROL_IN_TEXT
+
+    def check(value: str) -> str:
+        found = pattern.search(value)
+        if found is not None:
+            raise PydanticCustomError(
+                "control_character",
+                "Input should not contain control characters: found U+{code} at position "
+                "{position}",
+                {"code": f"{ord(found.group()):04X}", "position": found.start()},
+            )
+        if is_id and not value.strip():
+            raise PydanticCustomError("blank", "Input should not be empty or only whitespace")
+        return value
+
+    return check
+
+
+def text_type(*, is_id: bool, **rules: Any) -> Any:
+    """A strict str with `rules` (min_length, max_length), then the text rule.
+
+    The rules sit inside the annotation, before the check: put on the outer Field of an
+    annotated type, pydantic would check lengths after the check, as generic `too_long`
+    errors about "items" instead of `string_too_long`.
+    """
+    rules = {**rules, "strict": True}
+    return Annotated[str, Field(**rules), AfterValidator(_text_rule(is_id=is_id))]
 
 
 def _exact_type(dtype: str) -> Callable[[Any], Any]:
@@ -173,8 +219,11 @@ def datetime_parser(spec: ColumnSpec) -> Callable[[Any], datetime]:
     return parse
 
 
-def _value_type(spec: ColumnSpec) -> tuple[Any, dict[str, Any]]:
-    """The Python type of one column's values (without null) and its Field rules."""
+def _value_type(spec: ColumnSpec, *, is_id: bool = False) -> tuple[Any, dict[str, Any]]:
+    """The Python type of one column's values (without null) and its Field rules.
+
+    Free strings get the text rule (`_text_rule`): for an id the strict one.
+    """
     if spec.dtype == "bool":
         schema = {"anyOf": [{"type": "boolean"}, {"enum": _bool_tokens(spec)}]}
         if not _bool_tokens(spec):
@@ -202,12 +251,16 @@ def _value_type(spec: ColumnSpec) -> tuple[Any, dict[str, Any]]:
             rules["ge"] = spec.min
         if spec.max is not None:
             rules["le"] = spec.max
+    if spec.dtype == "string":
+        if is_id:  # the store keeps ids as String(128); a longer one could not be stored
+            rules.update(min_length=1, max_length=RECORD_ID_MAX_LENGTH)
+        return text_type(is_id=is_id, **rules), {}
     return _PY_TYPES[spec.dtype], rules
 
 
-def _annotation(spec: ColumnSpec) -> Any:
+def _annotation(spec: ColumnSpec, *, is_id: bool = False) -> Any:
     """The Python type of one column: nullable ones also take None."""
-    kind, _ = _value_type(spec)
+    kind, _ = _value_type(spec, is_id=is_id)
     return kind | None if spec.nullable else kind
 
 
@@ -232,13 +285,10 @@ def _example_value(spec: ColumnSpec) -> Any:
 
 
 def _field(spec: ColumnSpec, *, is_id: bool = False, optional: bool = False) -> tuple[Any, Any]:
-    _, rules = _value_type(spec)
-    kind = _annotation(spec)
+    _, rules = _value_type(spec, is_id=is_id)
+    kind = _annotation(spec, is_id=is_id)
     if optional and not spec.nullable:
         kind = kind | None  # left out or null: the id is derived
-    if is_id and spec.dtype == "string":
-        # The store keeps ids as String(128); a longer one could not be stored.
-        rules.update(min_length=1, max_length=RECORD_ID_MAX_LENGTH)
     role = "record id" if is_id else spec.role.value
     if spec.is_categorical:
         role = "category" if spec.allowed else "category, any string"
@@ -273,6 +323,8 @@ class RecordSchema:
     # the declared id may be left out (the id spec says `required: false`)
     id_optional: bool = False
     nullable: tuple[str, ...] = ()
+    # the contract says the id is `unique`: one request may not carry it twice
+    id_unique: bool = False
 
     def values(self, record: BaseModel) -> tuple[str | None, tuple[Any, ...]]:
         """(record id or None, model input values in `inputs` order) of one validated record.
@@ -388,6 +440,7 @@ def record_schema(contract: Contract, inputs: Sequence[str]) -> RecordSchema:
         numeric=numeric,
         id_optional=id_optional,
         nullable=tuple(name for name in inputs if specs[name].nullable),
+        id_unique=id_column is not None and specs[id_column].unique,
     )
 
 
@@ -497,11 +550,8 @@ def label_request_model(contract: Contract, max_labels: int) -> type[BaseModel]:
         "LabelByScoreId",
         __config__=config,
         score_id=(
-            str,
+            text_type(is_id=True, min_length=1, max_length=SCORE_ID_MAX_LENGTH),
             Field(
-                min_length=1,
-                max_length=SCORE_ID_MAX_LENGTH,
-                strict=True,
                 description="A score_id returned by POST /v1/score.",
             ),
         ),
@@ -511,11 +561,8 @@ def label_request_model(contract: Contract, max_labels: int) -> type[BaseModel]:
         "LabelByRecordId",
         __config__=config,
         record_id=(
-            str,
+            text_type(is_id=True, min_length=1, max_length=RECORD_ID_MAX_LENGTH),
             Field(
-                min_length=1,
-                max_length=RECORD_ID_MAX_LENGTH,
-                strict=True,
                 description="The record id as sent for scoring (every score "
                 "of that record gets the label).",
             ),
@@ -531,12 +578,10 @@ def label_request_model(contract: Contract, max_labels: int) -> type[BaseModel]:
         __config__=ConfigDict(extra="forbid"),
         labels=(list[item], Field(min_length=1, max_length=max_labels)),  # type: ignore[valid-type]
         source=(
-            str,
+            # A name, not prose: the rules of an id.
+            text_type(is_id=True, min_length=1, max_length=SOURCE_MAX_LENGTH),
             Field(
                 "api",
-                min_length=1,
-                max_length=SOURCE_MAX_LENGTH,
-                strict=True,
                 description="Who says so (stored with the label).",
             ),
         ),

@@ -6,11 +6,17 @@ Infinity (which strict JSON cannot carry, and which made FastAPI's own handler f
 with a 500) or a whole request body. This module turns them into plain entries such
 as `{"field": "[3].V1", "rule": "less_than_equal", "msg": "...", "value": 1000.0}`
 plus one readable sentence.
+
+Hostile input gets here too: a value (or an unknown field's name) may hold NUL, escape
+sequences or a lone UTF-16 surrogate, which no UTF-8 response can carry (rendering it
+raised, and the client got a 500). Every string of an entry is therefore made safe
+(`safe_text`): such characters are written as `\\uXXXX` escapes, never echoed raw.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -20,6 +26,15 @@ _SECTIONS = {"body", "query", "path", "header", "cookie"}
 _BODY_TAGS = {RECORD_TAG, BATCH_TAG}
 _ITEM_TAGS = UNION_TAGS - _BODY_TAGS
 MAX_VALUE_CHARS = 200
+# Characters an error never echoes: controls (C0, DEL, C1), lone surrogates (unencodable),
+# line and paragraph separators and the bidirectional overrides (they rewrite how a log
+# line or a terminal shows the text around them).
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+def safe_text(text: str) -> str:
+    """`text` with every unsafe character written as a \\uXXXX escape: always encodable."""
+    return _UNSAFE.sub(lambda found: f"\\u{ord(found.group()):04x}", text)
 
 
 def clean_value(value: Any) -> Any:
@@ -31,8 +46,20 @@ def clean_value(value: Any) -> Any:
     if isinstance(value, bytes):
         value = value.decode("utf-8", "replace")
     if isinstance(value, str):
-        return value if len(value) <= MAX_VALUE_CHARS else value[:MAX_VALUE_CHARS] + "..."
+        short = value if len(value) <= MAX_VALUE_CHARS else value[:MAX_VALUE_CHARS] + "..."
+        return safe_text(short)
     return None  # a dict or list: the whole body would be echoed back, and it says nothing
+
+
+def safe_entry(entry: Mapping[str, Any]) -> dict[str, Any]:
+    """One error entry with every string made safe (for entries raised by routes, too)."""
+    return {
+        "loc": [p if isinstance(p, int) else safe_text(str(p)) for p in entry.get("loc", ())],
+        "field": safe_text(str(entry.get("field", ""))),
+        "rule": safe_text(str(entry.get("rule", "invalid"))),
+        "msg": safe_text(str(entry.get("msg", "invalid"))),
+        "value": clean_value(entry.get("value")),
+    }
 
 
 def field_path(loc: Sequence[str | int]) -> str:
@@ -62,12 +89,13 @@ def field_errors(errors: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """Pydantic/FastAPI error dicts -> entries with loc, field, rule, msg and value."""
     out = []
     for error in errors:
-        loc = [p if isinstance(p, int) else str(p) for p in error.get("loc", ())]
+        # An unknown field's name is client input too: made safe like any value.
+        loc = [p if isinstance(p, int) else safe_text(str(p)) for p in error.get("loc", ())]
         entry: dict[str, Any] = {
             "loc": loc,
             "field": field_path(loc),
-            "rule": str(error.get("type", "invalid")),
-            "msg": str(error.get("msg", "invalid")),
+            "rule": safe_text(str(error.get("type", "invalid"))),
+            "msg": safe_text(str(error.get("msg", "invalid"))),
             "value": clean_value(error.get("input")),
         }
         if entry["rule"] == "missing":
@@ -75,7 +103,7 @@ def field_errors(errors: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
         elif entry["rule"] == "json_invalid":
             # FastAPI puts the character position where a field name belongs.
             position = loc[1] if len(loc) > 1 else None
-            reason = (error.get("ctx") or {}).get("error", "")
+            reason = safe_text(str((error.get("ctx") or {}).get("error", "")))
             entry.update(
                 field="body",
                 value=None,
