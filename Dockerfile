@@ -5,9 +5,9 @@
 # * `--target ci`: the image the CI jobs run in (.gitlab-ci.yml, CRISPML_CI_IMAGE): the
 #   package with every dependency (postgres and dev extras), git for DVC, so that no job
 #   pays an 11-minute `pip install`. The jobs still run the commit's own code (they put
-#   the checkout first on PYTHONPATH). Its tag is the hash of this file and
-#   pyproject.toml (tests/gitops/test_gitops_ci_file.py checks it), so a dependency
-#   change gets a new image by construction.
+#   the checkout first on PYTHONPATH). Its tag is the hash of this file, pyproject.toml
+#   and the lock files (tests/gitops/test_gitops_ci_file.py checks it), so a dependency
+#   change gets a new image by construction. Both images install from the hashed locks.
 #
 #   docker build -t crispml-service .
 #   docker build --target ci -t crispml-ci .
@@ -30,10 +30,12 @@ RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
 # Metadata first, then the code: the layer order a dependency cache can reuse.
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md requirements.lock ./
+# Hashed pins first (a layer a dependency cache can reuse), then the package alone.
+RUN pip install --require-hashes --no-deps -r requirements.lock
 COPY pipeline ./pipeline
 # A regular (not editable) install: the image needs no source tree to run.
-RUN pip install ".[postgres]" && pip check
+RUN pip install --no-deps . && pip check
 
 # ---------------------------------------------------------------- ci: the CI jobs' image
 FROM ${PYTHON_IMAGE} AS ci
@@ -46,9 +48,10 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends git \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md requirements-dev.lock ./
+RUN pip install --require-hashes --no-deps -r requirements-dev.lock
 COPY pipeline ./pipeline
-RUN pip install ".[postgres,dev]" && pip check && crispml --version
+RUN pip install --no-deps . && pip check && crispml --version
 WORKDIR /
 
 # ---------------------------------------------------------------- runtime (the default target)

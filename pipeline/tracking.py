@@ -131,7 +131,9 @@ def pointed_at(uri: str) -> Iterator[str]:
 
     names = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
     before = {name: os.environ.get(name) for name in names}
-    os.environ["MLFLOW_TRACKING_URI"] = uri
+    # Set, not only exported: a URI set earlier in the process outranks the variable.
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
     try:
         yield uri
     finally:

@@ -42,10 +42,12 @@ def replayed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
         assert settings.train.hyperparameters["max_iter"] == 60
         ingest.run(settings)
         prepare.run(settings)
+        exported = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+        before = {name: os.environ.get(name) for name in exported}
         result = replay.run(settings, show_progress=False)
         # MLflow mirrors its URIs into os.environ; the throwaway registry must not leak.
+        assert {name: os.environ.get(name) for name in exported} == before
         assert "MLFLOW_TRACKING_URI" not in os.environ
-        assert "MLFLOW_REGISTRY_URI" not in os.environ
     finally:
         for key, value in saved.items():
             if value is None:

@@ -277,11 +277,12 @@ def test_jobs_run_in_the_pinned_ci_image() -> None:
     import hashlib
 
     ci = load_ci(CI_FILE)
-    digest = hashlib.sha256(
-        (PROJECT / "pyproject.toml").read_bytes() + (PROJECT / "Dockerfile").read_bytes()
-    ).hexdigest()[:12]
+    inputs = ("pyproject.toml", "Dockerfile", "requirements.lock", "requirements-dev.lock")
+    digest = hashlib.sha256(b"".join((PROJECT / name).read_bytes() for name in inputs)).hexdigest()[
+        :12
+    ]
     assert ci["variables"]["CRISPML_CI_IMAGE_TAG"] == f"deps-{digest}", (
-        "pyproject.toml or Dockerfile changed: set CRISPML_CI_IMAGE_TAG to "
+        "pyproject.toml, Dockerfile or a lock file changed: set CRISPML_CI_IMAGE_TAG to "
         f"deps-{digest} in .gitlab-ci.yml (the ci-image job builds it)"
     )
     assert ci["default"]["image"] == "$CRISPML_CI_IMAGE"

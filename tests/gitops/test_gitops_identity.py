@@ -8,6 +8,7 @@ with the paired bootstrap of pipeline.evidence.
 from __future__ import annotations
 
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -136,17 +137,19 @@ def test_artifact_hash_sees_the_model_not_the_save(tmp_path: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def tracking(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Any]:
+def tracking(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Any]]:
     import mlflow
     from mlflow import MlflowClient
 
+    from pipeline.tracking import pointed_at
+
     base = tmp_path_factory.mktemp("mlflow")
     uri = f"sqlite:///{base / 'mlflow.db'}"
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    mlflow.create_experiment("identity", artifact_location=(base / "artifacts").as_uri())
-    mlflow.set_experiment("identity")
-    return uri, MlflowClient(tracking_uri=uri, registry_uri=uri)
+    # MLflow's process-wide URIs (and the variables it exports) are put back afterwards.
+    with pointed_at(uri):
+        mlflow.create_experiment("identity", artifact_location=(base / "artifacts").as_uri())
+        mlflow.set_experiment("identity")
+        yield uri, MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
 def _register(client: Any, model: Any, tags: dict[str, str]) -> str:

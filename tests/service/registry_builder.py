@@ -26,6 +26,14 @@ VERSIONS = ({"C": 0.5, "threshold": 0.5}, {"C": 0.05, "threshold": 0.3})
 
 
 def build(folder: Path) -> dict:
+    """The registry in `folder`; MLflow's process-wide URIs are put back afterwards."""
+    from pipeline.tracking import pointed_at
+
+    with pointed_at(f"sqlite:///{folder / 'mlflow.db'}"):
+        return _build(folder)
+
+
+def _build(folder: Path) -> dict:
     import mlflow
     import mlflow.sklearn
     from sklearn.metrics import average_precision_score

@@ -118,7 +118,15 @@ def test_dockerignore_is_an_allow_list() -> None:
     ]
     assert lines[0] == "*"
     allowed = {line[1:].rstrip("/") for line in lines if line.startswith("!")}
-    assert allowed == {"pyproject.toml", "README.md", "pipeline", "params.yaml", "environments"}
+    assert allowed == {
+        "pyproject.toml",
+        "README.md",
+        "requirements.lock",  # the image installs from the hashed lock files
+        "requirements-dev.lock",
+        "pipeline",
+        "params.yaml",
+        "environments",
+    }
     assert {"**/.env", "**/*.db"} <= set(lines)
 
 
