@@ -31,7 +31,6 @@ route parameters, and some of them are built at run time from the contract.
 import asyncio
 import contextlib
 import email.message
-import hmac
 import logging
 import math
 import tempfile
@@ -59,7 +58,13 @@ from pipeline.config import Settings
 from pipeline.errors import CrispError, ServiceUnavailable
 from pipeline.service import errors as service_errors
 from pipeline.service.batching import MicroBatcher
-from pipeline.service.config import SCORE_TOKEN_ENV, TOKEN_ENV, ServiceConfig
+from pipeline.service.config import (
+    ROLES,
+    STRICT_ENVIRONMENTS,
+    TOKEN_ENV,
+    TOKENS_ENV,
+    ServiceConfig,
+)
 from pipeline.service.contract import (
     SCORE_ID_MAX_LENGTH,
     FieldError,
@@ -94,13 +99,17 @@ from pipeline.service.model import (
     parse_model_uri,
 )
 from pipeline.store import ScoreStore, new_score_id, shadow_score_id, utcnow
+from pipeline.store.schema import labels as labels_table
+from pipeline.store.schema import scores as scores_table
 
 log = logging.getLogger("pipeline.service")
 
 API_CHANNEL = "api"
 API_SOURCE = "api:/v1/score"
 SHADOW_SOURCE = "api:/v1/score#shadow"
+_TOKEN_VARS = (TOKEN_ENV, TOKENS_ENV)
 LOG_EVERY = 60.0  # seconds between two warnings about the same shadow failure
+FIRST_LOAD_RETRY = 5.0  # seconds between attempts to load the first model
 
 
 class ShadowNotStored(Exception):
@@ -323,55 +332,70 @@ class ServiceState:
         )
         self.report_lock = asyncio.Semaphore(1)
         self.prepared = False
+        # Set by `prepare` for an alias: `start` then loads it in the background.
+        self._first_load_pending = False
+        self._first_load: asyncio.Task[None] | None = None
 
     # -- set-up ------------------------------------------------------------------------
 
     def prepare(self) -> None:
-        """Blocking start-up work: migrate the store, load the first model.
+        """Blocking start-up work: migrate the store; load a model that cannot move.
 
-        A pinned version or a local folder that cannot load is fatal (a typo will not fix
-        itself). An alias held by nobody, or a registry that is down, is not: the service
-        starts unready and the poller keeps trying, as Kubernetes expects.
+        A pinned version or a local folder is loaded here, and failing is fatal (a typo
+        will not fix itself). An alias (and its challenger) is loaded in the background
+        once the service listens (`_load_first`): a registry that is down or slow must
+        never delay listening, since Kubernetes would restart a pod that does not answer
+        /healthz, while one that answers /readyz 503 just gets no traffic until ready.
         """
         self.store.migrate()
         loader = self.models.loader
-        try:
-            version = loader.resolve()
-            if version is None:
-                raise ServiceUnavailable(
-                    f"no version of model {loader.ref.name!r} holds alias @{loader.ref.alias}"
-                )
-            model = loader.load(version)
-        except Exception as error:
-            if not loader.ref.movable:
-                raise
-            self.models.last_error = str(error)
-            log.error("starting without a model (not ready): %s", error)
+        if loader.ref.movable:
+            self.models.last_error = "the first model is still loading from the registry"
+            self._first_load_pending = True
         else:
+            version = loader.resolve()
+            assert version is not None  # only an alias can be held by nobody
+            model = loader.load(version)
             self.models.current = model
             self._model_changed(model)
-        if self.challenger is not None:
-            self._prepare_challenger(self.challenger)
         self.prepared = True
 
-    def _prepare_challenger(self, manager: ModelManager) -> None:
-        """Load the challenger at start-up if one is named; never fatal (a shadow)."""
-        loader = manager.loader
-        version = None
-        try:
-            version = loader.resolve()
-            if version is None:
+    async def _load_first(self) -> None:
+        """Load the alias's model and the challenger, retrying until the registry answers.
+
+        The regular poller may be off (reload interval 0) or slow; until a first model is
+        loaded this loop keeps asking every `FIRST_LOAD_RETRY` seconds (or the reload
+        interval, when shorter). An alias held by nobody is retried too: a promotion
+        makes the service ready without a restart. The challenger is tried until its
+        alias could be read once; a challenger version that fails to load is marked by
+        its manager and not retried.
+        """
+        champion_done = self.models.current is not None
+        challenger_done = self.challenger is None
+        interval = self.config.reload_interval
+        delay = min(interval, FIRST_LOAD_RETRY) if interval > 0 else FIRST_LOAD_RETRY
+        while True:
+            if not champion_done:
+                try:
+                    await self.models.refresh()
+                    champion_done = self.models.current is not None
+                except Exception as error:
+                    self._warn("first-load", "no model loaded yet (not ready): %s", error)
+            if not challenger_done and self.challenger is not None:
+                try:
+                    await self.challenger.refresh()
+                    challenger_done = True
+                except Exception as error:
+                    challenger_done = self.challenger.failed_version is not None
+                    self._warn(
+                        "first-load-challenger",
+                        "challenger @%s not loaded, serving without a shadow: %s",
+                        self.challenger.loader.ref.alias,
+                        error,
+                    )
+            if champion_done and challenger_done:
                 return
-            manager.current = loader.load(version)
-        except Exception as error:
-            manager.last_error = str(error)
-            manager.mark_failed(version)
-            self.metrics.shadow_failures.labels("load").inc()
-            log.error(
-                "challenger @%s not loaded, serving without a shadow: %s", loader.ref.alias, error
-            )
-        else:
-            self._challenger_changed(manager.current)
+            await asyncio.sleep(delay)
 
     def _warm_up(self, model: ServingModel) -> None:
         """Score the contract's example once: loads lazy code paths, and proves the model
@@ -643,6 +667,9 @@ class ServiceState:
         await self.scorer.start()
         await self.shadow_scorer.start()
         await self.writer.start()
+        if self._first_load_pending:
+            self._first_load_pending = False
+            self._first_load = asyncio.create_task(self._load_first(), name="first-model-load")
         self.models.start_polling(self.config.reload_interval)
         if self.challenger is not None:
             self.challenger.start_polling(self.config.reload_interval)
@@ -659,6 +686,10 @@ class ServiceState:
         return outcome, self.challenger_model
 
     async def stop(self) -> None:
+        if self._first_load is not None:
+            self._first_load.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._first_load
         await self.models.stop()
         if self.challenger is not None:
             await self.challenger.stop()
@@ -717,34 +748,58 @@ def create_app(
         description=(
             f"Online scoring for environment **{settings.env}**. Every answered score is "
             "stored, with its lineage, before the answer is sent. Records follow the data "
-            "contract of params.yaml; write endpoints need a bearer token."
+            "contract of params.yaml; endpoints need a bearer token with their role "
+            "(score, read, label, admin), except where this deployment leaves them open."
         ),
         lifespan=lifespan,
+        # qa/prod: no endpoint but the probes and /metrics answers without a token, so
+        # the schema and its pages (/openapi.json, /docs, /redoc) are not served there.
+        openapi_url=None if settings.env in STRICT_ENVIRONMENTS else "/openapi.json",
     )
     app.state.service = state
 
     # ------------------------------------------------------------------ security
 
-    bearer = HTTPBearer(auto_error=False, description=f"The token in {TOKEN_ENV}.")
+    bearer = HTTPBearer(
+        auto_error=False, description=f"A token of {TOKEN_ENV} or {TOKENS_ENV} with the role."
+    )
+    config.check_for(settings.env)  # qa/prod: refuse to start with a role nobody holds
+    open_roles = config.open_roles(settings.env)
 
-    def require_token(
-        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
-    ) -> None:
-        if config.api_token is None:
-            raise HTTPException(
-                503, f"this endpoint is disabled: the server has no token ({TOKEN_ENV} is unset)"
-            )
-        given = credentials.credentials if credentials is not None else ""
-        if not hmac.compare_digest(given.encode(), config.api_token.encode()):
-            raise HTTPException(
-                401, "a valid bearer token is required", headers={"WWW-Authenticate": "Bearer"}
-            )
+    def requires(role: str) -> list[Any]:
+        """The dependency guarding an endpoint of `role`; none for an open role, so that
+        the OpenAPI schema shows exactly the endpoints that need a token."""
+        if role in open_roles:
+            return []
 
-    protected = [Depends(require_token)]
-    responses_401: dict[int | str, dict[str, Any]] = {
-        401: {"model": Problem, "description": "Missing or wrong bearer token."},
-        503: {"model": Problem, "description": "No token configured, or a dependency is down."},
-    }
+        def check(
+            credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+        ) -> None:
+            if not config.has_token_for(role):
+                raise HTTPException(
+                    503,
+                    f"this endpoint is disabled: the server has no token for role {role!r} "
+                    f"({TOKEN_ENV} is unset and {TOKENS_ENV} names none)",
+                )
+            granted = config.roles_of(credentials.credentials if credentials else "")
+            if not granted:
+                raise HTTPException(
+                    401, "a valid bearer token is required", headers={"WWW-Authenticate": "Bearer"}
+                )
+            if role not in granted:
+                raise HTTPException(403, f"this token does not have the role {role!r}")
+
+        return [Depends(check)]
+
+    def auth_responses(role: str) -> dict[int | str, dict[str, Any]]:
+        if role in open_roles:
+            return {}
+        return {
+            401: {"model": Problem, "description": "Missing or unknown bearer token."},
+            403: {"model": Problem, "description": f"The token lacks the role {role!r}."},
+            503: {"model": Problem, "description": "No token configured, or a dependency is down."},
+        }
+
     invalid: dict[int | str, dict[str, Any]] = {
         413: {"model": Problem, "description": "Request body above the size limit."},
         415: {"model": Problem, "description": "The body is not sent as application/json."},
@@ -809,17 +864,16 @@ def create_app(
 
     score_body = score_request_type(schema, config.max_batch)
     json_body = [Depends(require_json)]
-    score_dependencies = [*protected, *json_body] if config.score_requires_token else json_body
+    score_dependencies = [*requires("score"), *json_body]
     score_responses: dict[int | str, dict[str, Any]] = {
         **invalid,
+        **auth_responses("score"),
         503: {
             "model": Problem,
             "description": "No model loaded, or the store did not confirm "
             "the write: nothing was answered, retry.",
         },
     }
-    if config.score_requires_token:
-        score_responses[401] = responses_401[401]
 
     @app.post(
         "/v1/score",
@@ -923,10 +977,10 @@ def create_app(
     @app.post(
         "/v1/labels",
         response_model=LabelResult,
-        dependencies=[*protected, *json_body],
+        dependencies=[*requires("label"), *json_body],
         responses={
             **invalid,
-            **responses_401,
+            **auth_responses("label"),
             404: {
                 "model": ValidationProblem,
                 "description": "A score_id names no stored score of this environment; "
@@ -1011,7 +1065,9 @@ def create_app(
     @app.get(
         "/v1/scores/{score_id}",
         response_model=StoredScore,
+        dependencies=requires("read"),
         responses={
+            **auth_responses("read"),
             404: {
                 "model": Problem,
                 "description": "No stored score of this environment has this id.",
@@ -1036,7 +1092,9 @@ def create_app(
     @app.get(
         "/v1/report",
         response_model=QualityReport,
+        dependencies=requires("read"),
         responses={
+            **auth_responses("read"),
             200: {"content": {"text/html": {}}, "description": "JSON, or HTML with format=html."},
             404: {
                 "model": Problem,
@@ -1050,17 +1108,25 @@ def create_app(
     )
     async def report(
         scored_from: Annotated[
-            IsoDatetime | None, Query(alias="from", description="Scored at or after (ISO 8601).")
-        ] = None,
+            IsoDatetime, Query(alias="from", description="Scored at or after (ISO 8601).")
+        ],
         scored_to: Annotated[
-            IsoDatetime | None, Query(alias="to", description="Scored before (ISO 8601).")
-        ] = None,
+            IsoDatetime, Query(alias="to", description="Scored before (ISO 8601).")
+        ],
         output: Annotated[Literal["json", "html"], Query(alias="format")] = "json",
     ) -> Any:
-        """Verification of the stored scores in a window (default: all) against the labels
-        imported so far. `format=html` returns Evidently's report for people."""
+        """Verification of the stored scores in a window against the labels imported so
+        far. `format=html` returns Evidently's report for people.
+
+        The window is required: "everything ever stored" grows without end, and one
+        request must not make the service read all of it. Above
+        CRISPML_SERVICE_REPORT_MAX_ROWS scores in the window the report is computed on a
+        random sample of that many (`sampled`, with the window's true count in `scores`).
+        The read and the computation run in a worker thread, never on the event loop.
+        """
         start, end = _utc(scored_from, "from"), _utc(scored_to, "to")
-        if start is not None and end is not None and start >= end:
+        assert start is not None and end is not None  # both are required parameters
+        if start >= end:
             raise _field_error(
                 422, "to", "after_from", "must be later than 'from'", end.isoformat()
             )
@@ -1072,8 +1138,8 @@ def create_app(
     @app.post(
         "/v1/admin/reload",
         response_model=ReloadResult,
-        dependencies=protected,
-        responses=responses_401,
+        dependencies=requires("admin"),
+        responses=auth_responses("admin"),
         tags=["operations"],
         summary="Re-read the model reference now (instead of waiting for the next poll)",
     )
@@ -1138,10 +1204,10 @@ def create_app(
 
     app.add_middleware(BodyLimit, max_bytes=config.max_body_bytes)
     app.add_middleware(RequestMetrics, metrics=state.metrics)
-    if config.api_token is None:
-        log.warning("%s is unset: labels and admin endpoints answer 503", TOKEN_ENV)
-    if config.score_requires_token:
-        log.info("%s is on: scoring needs the bearer token", SCORE_TOKEN_ENV)
+    closed = [role for role in ROLES if role not in open_roles]
+    if disabled := [role for role in closed if not config.has_token_for(role)]:
+        log.warning("no token for roles %s (%s, %s): they answer 503", disabled, *_TOKEN_VARS)
+    log.info("open without a token: %s", sorted(open_roles) or "nothing (but the probes)")
     return app
 
 
@@ -1213,24 +1279,102 @@ def _shadow_report(
     return ShadowReport(**summary)
 
 
-def _build_report(
-    state: ServiceState, start: datetime | None, end: datetime | None, output: str
-) -> Any:
-    """Blocking: read the window's scores and labels, summarise with Evidently."""
-    frame = state.store.scores_with_labels(
-        state.environment, scored_from=start, scored_to=end, labeled_only=False
+def _window_counts(state: ServiceState, start: datetime, end: datetime) -> tuple[int, int]:
+    """(every score row, answered scores) of this environment scored in [start, end).
+
+    Counted in the database, so that the report knows before reading whether the window
+    fits under the cap. Shadow rows count towards the cap: the per-day and shadow parts
+    of the report read them too.
+    """
+    answered = sa.case((scores_table.c.shadow.is_(False), 1), else_=0)
+    query = sa.select(sa.func.count(), sa.func.coalesce(sa.func.sum(answered), 0)).where(
+        scores_table.c.environment == state.environment,
+        scores_table.c.scored_at >= start,
+        scores_table.c.scored_at < end,
     )
+    with state.store.engine.connect() as conn:
+        total, answered_count = conn.execute(query).one()
+    return int(total), int(answered_count)
+
+
+def _sampled_scores(state: ServiceState, start: datetime, end: datetime, size: int) -> pd.DataFrame:
+    """A uniform random sample of `size` answered scores of the window, with their labels:
+    the columns of `ScoreStore.scores_with_labels`. ORDER BY random() LIMIT keeps the
+    sort in the database (a top-N sort) and sends only `size` rows to the service."""
+    join = scores_table.outerjoin(
+        labels_table,
+        sa.and_(
+            labels_table.c.environment == scores_table.c.environment,
+            labels_table.c.record_id == scores_table.c.record_id,
+        ),
+    )
+    columns = [
+        scores_table.c[name]
+        for name in (
+            "score_id",
+            "record_id",
+            "frame",
+            "score",
+            "decision",
+            "threshold",
+            "model_name",
+            "model_version",
+            "scored_at",
+        )
+    ]
+    query = (
+        sa.select(*columns, labels_table.c.label)
+        .select_from(join)
+        .where(
+            scores_table.c.environment == state.environment,
+            scores_table.c.shadow.is_(False),
+            scores_table.c.scored_at >= start,
+            scores_table.c.scored_at < end,
+        )
+        .order_by(sa.func.random())
+        .limit(size)
+    )
+    with state.store.engine.connect() as conn:
+        return pd.read_sql_query(query, conn)
+
+
+def _build_report(state: ServiceState, start: datetime, end: datetime, output: str) -> Any:
+    """Blocking: read the window's scores and labels, summarise with Evidently.
+
+    At most `report_max_rows` score rows are read: a window that holds more is reported
+    on a random sample of that many answered scores, says so (`sampled`), and leaves out
+    the per-day and shadow parts, which would need every row of the window.
+    """
+    cap = state.config.report_max_rows
+    total, answered = _window_counts(state, start, end)
+    sampled = total > cap
+    if sampled:
+        frame = _sampled_scores(state, start, end, cap)
+    else:
+        frame = state.store.scores_with_labels(
+            state.environment, scored_from=start, scored_to=end, labeled_only=False
+        )
     labelled = frame[frame["label"].notna()]
     base: dict[str, Any] = {
         "environment": state.environment,
         "scored_from": start,
         "scored_to": end,
-        "scores": len(frame),
+        "scores": answered if sampled else len(frame),
         "rows": len(labelled),
+        "sampled": sampled,
+        "sampled_scores": len(frame) if sampled else None,
+        "sample_reason": (
+            f"the window holds {total} score rows, more than the cap of {cap} "
+            f"(CRISPML_SERVICE_REPORT_MAX_ROWS): quality is computed on a random sample of "
+            f"{len(frame)} answered scores; the per-day and shadow parts are left out. "
+            "Narrow the window for an exact report."
+        )
+        if sampled
+        else None,
     }
     if labelled.empty and output == "html":
         raise HTTPException(404, "no labelled scores in this window: nothing to report")
-    if output == "json":
+    if output == "json" and not sampled:
         base["online"] = _online_days(state, start, end)
         base["shadow"] = _shadow_report(state, start, end)
     if labelled.empty:

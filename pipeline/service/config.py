@@ -2,13 +2,15 @@
 
 They live in environment variables rather than in `params.yaml` because they describe
 one deployment (a pod, a laptop), not the model lifecycle that is promoted as code:
-the same image runs with other limits in qa and prod, and the token is a secret that
+the same image runs with other limits in qa and prod, and the tokens are secrets that
 must never be in a committed file.
 
 | variable | default | meaning |
 |---|---|---|
-| CRISPML_API_TOKEN | (unset) | bearer token for labels and admin (unset: they answer 503) |
-| CRISPML_SCORE_REQUIRES_TOKEN | false | scoring needs the token too |
+| CRISPML_API_TOKEN | (unset) | one bearer token with the admin role (admin implies every role) |
+| CRISPML_API_TOKENS | (unset) | `role:token` pairs separated by commas or whitespace |
+| CRISPML_SCORE_REQUIRES_TOKEN | false | dev: scoring needs a score token too (qa/prod: always) |
+| CRISPML_SERVICE_REPORT_MAX_ROWS | 100000 | scores /v1/report reads at most; above: a sample |
 | CRISPML_SERVICE_MAX_BATCH | 100 | records in one POST /v1/score |
 | CRISPML_SERVICE_MAX_LABELS | 10000 | labels in one POST /v1/labels |
 | CRISPML_SERVICE_MAX_BODY_BYTES | 1048576 | request body limit (413 above) |
@@ -19,19 +21,49 @@ must never be in a committed file.
 | CRISPML_SERVICE_STORE_TIMEOUT | 10 | seconds a request waits for its commit before 503 |
 | CRISPML_SERVICE_SHADOW_MAX_BACKLOG | 2000 | challenger rows queued at most; more: dropped |
 | CRISPML_SERVICE_LABEL_AGE_TTL | 30 | seconds /metrics reuses the newest-label times |
+
+Roles and what they may call (a token of the wrong role gets 403, none or an unknown one
+401; `admin` implies every other role):
+
+| role | endpoints |
+|---|---|
+| score | POST /v1/score |
+| read | GET /v1/scores/{score_id}, GET /v1/report |
+| label | POST /v1/labels |
+| admin | POST /v1/admin/reload, and everything above |
+
+Example: `CRISPML_API_TOKENS="score:3f9c...,read:8a1b... label:77d0..."`. A token may hold
+any character but commas and whitespace; the same token named for two roles has both.
+
+/healthz, /readyz and /metrics never need a token (probes and Prometheus). In the shared
+environments (`STRICT_ENVIRONMENTS`: qa, prod) every other endpoint needs one, and the
+service refuses to start unless each role has a token (an admin token covers them all):
+an open scoring or audit endpoint there must be a decision nobody can take by forgetting
+a variable. In any other environment (dev, a laptop) scoring and reading stay open unless
+CRISPML_SCORE_REQUIRES_TOKEN says otherwise, and an endpoint whose role has no token
+answers 503 (disabled), as before roles existed.
 """
 
 from __future__ import annotations
 
+import hmac
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from pipeline.errors import ConfigError
 
 TOKEN_ENV = "CRISPML_API_TOKEN"
+TOKENS_ENV = "CRISPML_API_TOKENS"
 SCORE_TOKEN_ENV = "CRISPML_SCORE_REQUIRES_TOKEN"
 PREFIX = "CRISPML_SERVICE_"
+
+ROLES = ("score", "read", "label", "admin")
+ADMIN = "admin"
+# Environments shared by other people and real data: every endpoint but the probes and
+# /metrics needs a token there, and a missing token is a start-up error.
+STRICT_ENVIRONMENTS = frozenset({"qa", "prod"})
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
@@ -44,6 +76,20 @@ def _flag(name: str, raw: str) -> bool:
     if value in _FALSE:
         return False
     raise ConfigError(f"{name}={raw!r}: expected one of {sorted(_TRUE | _FALSE - {''})}")
+
+
+def _tokens(name: str, raw: str) -> tuple[tuple[str, str], ...]:
+    """`role:token` pairs; errors name the variable and the pair's position, never a token."""
+    pairs: list[tuple[str, str]] = []
+    for index, item in enumerate(re.split(r"[,\s]+", raw.strip()) if raw.strip() else []):
+        role, colon, token = item.partition(":")
+        if not colon or role not in ROLES or not token:
+            raise ConfigError(
+                f"{name}: pair {index + 1} is not role:token with a role of {list(ROLES)} "
+                "and a non-empty token"
+            )
+        pairs.append((role, token))
+    return tuple(pairs)
 
 
 def _number(name: str, raw: str, kind: type, minimum: float) -> float:
@@ -70,9 +116,52 @@ class ServiceConfig:
     store_timeout: float = 10.0
     shadow_max_backlog: int = 2_000
     label_age_ttl: float = 30.0
+    report_max_rows: int = 100_000
     score_requires_token: bool = False
-    # repr=False: the token must never end up in a log line or a traceback.
+    # repr=False: a token must never end up in a log line or a traceback.
     api_token: str | None = field(default=None, repr=False)
+    # (role, token) pairs from CRISPML_API_TOKENS; `api_token` is an admin token beside them.
+    api_tokens: tuple[tuple[str, str], ...] = field(default=(), repr=False)
+
+    def _all_tokens(self) -> tuple[tuple[str, str], ...]:
+        admin = () if self.api_token is None else ((ADMIN, self.api_token),)
+        return admin + self.api_tokens
+
+    def has_token_for(self, role: str) -> bool:
+        """Some configured token grants `role` (its own or an admin token)."""
+        return any(held in (role, ADMIN) for held, _ in self._all_tokens())
+
+    def roles_of(self, given: str) -> frozenset[str]:
+        """The roles `given` grants (empty: no such token), with admin expanded to all.
+
+        Every configured token is compared, each in constant time, and the loop does
+        not stop at a match: how long the answer takes says nothing about which token,
+        or which prefix of one, is right.
+        """
+        presented = given.encode()
+        granted: set[str] = set()
+        for role, token in self._all_tokens():
+            if hmac.compare_digest(presented, token.encode()):
+                granted.add(role)
+        return frozenset(ROLES) if ADMIN in granted else frozenset(granted)
+
+    def open_roles(self, environment: str) -> frozenset[str]:
+        """Roles whose endpoints answer without a token in `environment`."""
+        if environment in STRICT_ENVIRONMENTS:
+            return frozenset()
+        return frozenset({"read"} if self.score_requires_token else {"read", "score"})
+
+    def check_for(self, environment: str) -> None:
+        """In a strict environment, a ConfigError unless every role has a token."""
+        if environment not in STRICT_ENVIRONMENTS:
+            return
+        missing = [role for role in ROLES if not self.has_token_for(role)]
+        if missing:
+            raise ConfigError(
+                f"environment {environment!r} needs a bearer token for every endpoint, but no "
+                f"token grants {missing}: set {TOKEN_ENV} (an admin token) or name "
+                f"role:token pairs in {TOKENS_ENV}"
+            )
 
     @classmethod
     def from_env(
@@ -92,6 +181,7 @@ class ServiceConfig:
             "store_timeout": (float, 0.1),
             "shadow_max_backlog": (int, 0),
             "label_age_ttl": (float, 0),
+            "report_max_rows": (int, 1),
         }
         for key, (kind, minimum) in numbers.items():
             name = PREFIX + key.upper()
@@ -101,10 +191,12 @@ class ServiceConfig:
             values["score_requires_token"] = _flag(SCORE_TOKEN_ENV, env[SCORE_TOKEN_ENV])
         token = env.get(TOKEN_ENV, "").strip()
         values["api_token"] = token or None
+        values["api_tokens"] = _tokens(TOKENS_ENV, env.get(TOKENS_ENV, ""))
         values.update({k: v for k, v in overrides.items() if v is not None})
         config = cls(**values)  # type: ignore[arg-type]
-        if config.score_requires_token and config.api_token is None:
+        if config.score_requires_token and not config.has_token_for("score"):
             raise ConfigError(
-                f"{SCORE_TOKEN_ENV} is on but {TOKEN_ENV} is not set: nobody could score"
+                f"{SCORE_TOKEN_ENV} is on but {TOKEN_ENV} is not set and {TOKENS_ENV} names "
+                "no score token: nobody could score"
             )
         return config

@@ -637,7 +637,16 @@ class QualityReport(_Out):
     scored_from: datetime | None
     scored_to: datetime | None
     scores: int = Field(description="Scores stored in the window.")
-    rows: int = Field(description="Scores in the window that have a label.")
+    rows: int = Field(description="Scores read that have a label (of the sample, if sampled).")
+    sampled: bool = Field(
+        False,
+        description="True: the window held more scores than the service reads for one "
+        "report (CRISPML_SERVICE_REPORT_MAX_ROWS); the figures are of a random sample.",
+    )
+    sampled_scores: int | None = Field(
+        None, description="Scores in the sample (null: every score of the window was read)."
+    )
+    sample_reason: str | None = Field(None, description="Why and how the report was sampled.")
     positives: int | None = None
     predicted_positives: int | None = None
     accuracy: float | None = None

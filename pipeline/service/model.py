@@ -294,6 +294,11 @@ class ModelManager:
         self._lock = asyncio.Lock()
         self._poller: asyncio.Task[None] | None = None
 
+    @property
+    def failed_version(self) -> str | None:
+        """Optional manager: the version that failed to load (None: no known failure)."""
+        return self._failed_version
+
     def mark_failed(self, version: str | None) -> None:
         """Optional manager: `version` failed to load; wait for the alias to move."""
         if self.optional:

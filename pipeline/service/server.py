@@ -16,6 +16,14 @@ import os
 from pathlib import Path
 
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+# MLflow's HTTP client by default retries 7 times with a backoff factor of 2 and a 120 s
+# timeout: against a registry that is down, one call took 106 s. The service polls the
+# registry again anyway, so each of its calls should fail fast; an explicit value wins.
+MLFLOW_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "15",
+}
 ENV_VARIABLE = "CRISPML_ENV"
 
 log = logging.getLogger("pipeline.service")
@@ -46,6 +54,8 @@ def run(
     """Start the service in the foreground; CrispError on a bad configuration or store."""
     for variable in THREAD_VARIABLES:
         os.environ.setdefault(variable, "1")
+    for variable, value in MLFLOW_DEFAULTS.items():
+        os.environ.setdefault(variable, value)
 
     import prometheus_client
     import uvicorn
@@ -63,14 +73,15 @@ def run(
     config = ServiceConfig.from_env()
     app = create_app(settings, config, model_uri)
     state = app.state.service
-    # Before uvicorn: a store or model that cannot work fails here, with a CLI error
-    # and exit code, rather than as a traceback inside uvicorn's lifespan.
+    # Before uvicorn: a store or pinned model that cannot work fails here, with a CLI error
+    # and exit code, rather than as a traceback inside uvicorn's lifespan. A model named
+    # by an alias loads in the background once listening (unready until then).
     state.prepare()
     current = state.models.current
     log.info(
         "environment %s, model %s, store %s, listening on http://%s:%d (docs at /docs)",
         settings.env,
-        f"{current.name} version {current.version}" if current else "(none yet)",
+        f"{current.name} version {current.version}" if current else "(loading in the background)",
         state.store.safe_url,
         host,
         port,

@@ -247,7 +247,8 @@ def test_report_verifies_stored_scores_against_labels(api: Running, model_regist
         backwards = client.get("/v1/report", params={"from": window["to"], "to": window["from"]})
         assert backwards.status_code == 422
         assert backwards.json()["detail"][0]["field"] == "to"
-        unix_time = client.get("/v1/report", params={"to": "0.5"})  # not read as 1970
+        # not read as 1970 (`from` is given: the window is required)
+        unix_time = client.get("/v1/report", params={"from": window["from"], "to": "0.5"})
         assert unix_time.status_code == 422
         assert [(p["field"], p["rule"]) for p in unix_time.json()["detail"]] == [
             ("to", "iso_datetime")

@@ -57,7 +57,12 @@ def app(model_registry: Registry, tmp_path_factory) -> Iterator[tuple[TestClient
         config = ServiceConfig(api_token=TOKEN, reload_interval=0, shadow_max_backlog=10)
         service = create_app(settings, config)
         with TestClient(service) as client:
-            yield client, service.state.service, url
+            # An alias loads in the background once the app has started (a registry
+            # that is down must not delay listening): wait for both models.
+            state = service.state.service
+            _wait(lambda: state.models.current is not None, timeout=60)
+            _wait(lambda: state.challenger_model is not None, timeout=60)
+            yield client, state, url
 
 
 def _metric(client: TestClient, line_start: str) -> float:
