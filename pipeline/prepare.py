@@ -6,6 +6,8 @@ the whole data set, not of one frame.
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 import pandas as pd
 
 from pipeline.config import Contract, Prepare, Privacy, Settings
@@ -49,8 +51,13 @@ def prepare(
     options: Prepare,
     privacy: Privacy,
     key: bytes | None,
+    needed: Collection[str] = (),
 ) -> tuple[pd.DataFrame, dict]:
-    """Clean and filter the concatenated frames; returns the data and the privacy report."""
+    """Clean and filter the concatenated frames; returns the data and the privacy report.
+
+    `needed` names the columns later stages read: quasi-identifiers outside it are
+    dropped by the privacy filter (see `needed_columns`).
+    """
     rows_in = len(frame)
     duplicates = 0
     if options.drop_duplicates:
@@ -63,7 +70,7 @@ def prepare(
         frame = deduplicated
     frame, missing = handle_missing(frame, contract, options.missing)
     check_complete(frame, contract)
-    filtered, report = apply_privacy(frame, contract, privacy, key)
+    filtered, report = apply_privacy(frame, contract, privacy, key, needed)
     report["cleaning"] = {
         "rows_in": rows_in,
         "duplicates_dropped": duplicates,
@@ -72,6 +79,18 @@ def prepare(
         "rows_out": len(filtered),
     }
     return filtered, report
+
+
+def needed_columns(settings: Settings) -> set[str]:
+    """The columns a stage after prepare reads from data/prepared.
+
+    The model inputs (features, a time column a transform reads) and the report's
+    slices. Verify, replay and continuous training read the model inputs (and the
+    target); scoring reads the model inputs and the id, labelling the id and the target.
+    A quasi-identifier is never a model input, so it survives prepare only when a
+    report slice names it.
+    """
+    return {*settings.model_inputs, *(item.column for item in settings.report.slices)}
 
 
 def split_frames(frame: pd.DataFrame, count: int) -> dict[int, pd.DataFrame]:
@@ -92,7 +111,9 @@ def run(settings: Settings) -> dict:
         [pd.read_parquet(layout.frame_file(layout.ingested, n)) for n in range(1, count + 1)],
         ignore_index=True,
     )
-    prepared, report = prepare(data, settings.contract, settings.prepare, privacy, key)
+    prepared, report = prepare(
+        data, settings.contract, settings.prepare, privacy, key, needed_columns(settings)
+    )
     with atomic_dir(layout.prepared) as tmp:
         for number, part in split_frames(prepared, count).items():
             part.to_parquet(layout.frame_file(tmp, number), index=False)

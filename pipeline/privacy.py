@@ -2,22 +2,34 @@
 
 Kept apart from prepare because a reviewer from the data-protection office should be
 able to read exactly this file and nothing else.
+
+The order matters and is the whole guarantee: drop direct identifiers, key the id,
+coarsen every quasi-identifier (with its rule, or a default), suppress equivalence
+classes until every class has at least `min_k` rows (or fail), report, and finally drop
+the quasi-identifiers nothing downstream reads, so they are neither stored nor pushed.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import itertools
 import os
+from collections.abc import Collection
 
 import numpy as np
 import pandas as pd
 
 from pipeline.config import Contract, Generalise, Privacy, Role
+from pipeline.config.contract import NUMERIC
 from pipeline.config.environment import MIN_KEY_BYTES
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, DataError
 
 SUPPRESSED = "*"
+# A numeric quasi-identifier without a rule is cut at its deciles: ten bands.
+DEFAULT_BANDS = 10
+# How many offending classes an error message lists: enough to act on, short to read.
+SHOWN_CLASSES = 5
 
 
 def pseudonymisation_key(privacy: Privacy) -> bytes:
@@ -50,6 +62,7 @@ def pseudonymise(values: pd.Series, key: bytes) -> pd.Series:
 
 
 def generalise(values: pd.Series, rule: Generalise) -> pd.Series:
+    """Apply a configured rule; the result is text, so a suppressed "*" fits in any column."""
     if rule.bin_width is not None:
         numeric = pd.to_numeric(values, errors="coerce")
         low = (np.floor(numeric / rule.bin_width) * rule.bin_width).astype("float64")
@@ -63,6 +76,76 @@ def generalise(values: pd.Series, rule: Generalise) -> pd.Series:
     return values.astype(str).map(lambda v: v[:keep] + SUPPRESSED * max(len(v) - keep, 0))
 
 
+def decile_edges(values: pd.Series) -> list[float]:
+    """The inner cut points of a numeric quasi-identifier that has no rule: its deciles.
+
+    Why deciles and not a fixed width: a default has to fit any unit (years, euros,
+    metres), and equal-count bands give every band about a tenth of the rows, the
+    largest classes for a given number of bands. Only the nine inner cut points are
+    kept (the first and last bands are open), so neither the data nor the report ever
+    states the minimum or maximum, the values most likely to single someone out.
+    The cut points are observed values (no interpolation), so a whole-number column
+    keeps whole-number edges.
+    """
+    numeric = pd.to_numeric(values, errors="coerce").dropna().astype("float64")
+    if numeric.empty:
+        return []
+    levels = [n / DEFAULT_BANDS for n in range(1, DEFAULT_BANDS)]
+    return sorted({float(q) for q in numeric.quantile(levels, interpolation="lower")})
+
+
+def band_labels(edges: list[float]) -> list[str]:
+    """Labels of the bands between sorted edges: "<a", "[a, b)", ..., ">=z"."""
+    if not edges:
+        return ["all"]
+    inner = [f"[{lo:g}, {hi:g})" for lo, hi in itertools.pairwise(edges)]
+    return [f"<{edges[0]:g}", *inner, f">={edges[-1]:g}"]
+
+
+def generalise_to_bands(values: pd.Series, edges: list[float]) -> pd.Series:
+    """Replace each number by its band between `edges`; a missing value stays missing."""
+    numeric = pd.to_numeric(values, errors="coerce").to_numpy(dtype="float64")
+    labels = band_labels(edges)
+    positions = np.searchsorted(np.asarray(edges, dtype="float64"), numeric, side="right")
+    return pd.Series(
+        [labels[p] if not np.isnan(v) else None for p, v in zip(positions, numeric, strict=True)],
+        index=values.index,
+        dtype=object,
+    )
+
+
+def coarsen(
+    frame: pd.DataFrame, contract: Contract, privacy: Privacy, quasi: list[str]
+) -> tuple[pd.DataFrame, dict[str, dict], list[str]]:
+    """Generalise every quasi-identifier; returns the data, what each got, and the raw ones.
+
+    A quasi-identifier without a rule is not left raw when it is a number: an exact age
+    or income is as identifying as a name once combined with a postcode, and a float
+    column could not even hold the "*" of suppression. It gets decile bands instead. A
+    text quasi-identifier without a rule has no safe default (a prefix of what?), so it
+    stays as it is and relies on suppression; it is listed as raw so that an error
+    message never prints its values.
+    """
+    out = frame.copy()
+    applied: dict[str, dict] = {}
+    raw: list[str] = []
+    specs = contract.by_name
+    for column in quasi:
+        rule = privacy.generalise.get(column)
+        if rule is not None:
+            out[column] = generalise(out[column], rule)
+            applied[column] = rule.model_dump(exclude_none=True)
+        elif specs[column].dtype in NUMERIC:
+            edges = decile_edges(out[column])
+            out[column] = generalise_to_bands(out[column], edges)
+            applied[column] = {"default": "decile bands", "edges": edges}
+        else:
+            # Object dtype, so a suppressed "*" fits whatever the column held.
+            out[column] = out[column].astype(object)
+            raw.append(column)
+    return out, applied, raw
+
+
 def k_anonymity(frame: pd.DataFrame, quasi_identifiers: list[str]) -> tuple[int | None, int]:
     """The smallest equivalence class over the quasi-identifiers, and how many classes there are."""
     if not quasi_identifiers or frame.empty:
@@ -71,10 +154,96 @@ def k_anonymity(frame: pd.DataFrame, quasi_identifiers: list[str]) -> tuple[int 
     return int(sizes.min()), len(sizes)
 
 
-def apply_privacy(
-    frame: pd.DataFrame, contract: Contract, privacy: Privacy, key: bytes | None
+def classes_to_hide(sizes: np.ndarray, min_k: int, already_hidden: int = 0) -> np.ndarray:
+    """Positions of the classes to suppress so that no class, the suppressed one included,
+    is smaller than `min_k`.
+
+    Suppressing only the classes below `min_k` is not enough: together they form one
+    new class (all "*"), which may itself be smaller than `min_k`, and k ends at 1. So
+    the smallest classes are taken in order until the suppressed class reaches `min_k`:
+    every class below `min_k`, then, only if their rows are still too few, the next
+    smallest class, which has at least `min_k` rows and so always suffices.
+    `already_hidden` counts rows already all "*" (they join the suppressed class).
+    """
+    order = np.argsort(sizes, kind="stable")
+    total = already_hidden
+    taken: list[int] = []
+    for position in order:
+        size = int(sizes[position])
+        if size >= min_k and (total == 0 or total >= min_k):
+            break
+        taken.append(int(position))
+        total += size
+    return np.asarray(taken, dtype=np.int64)
+
+
+def _key(value: object) -> tuple:
+    return value if isinstance(value, tuple) else (value,)
+
+
+def describe_classes(sizes: pd.Series, quasi: list[str], raw: list[str]) -> str:
+    """The offending classes by size and generalised values, never a raw identifier."""
+    shown = []
+    for key, size in sizes.sort_values(kind="stable").head(SHOWN_CLASSES).items():
+        values = {
+            column: "(not generalised)" if column in raw and value != SUPPRESSED else value
+            for column, value in zip(quasi, _key(key), strict=True)
+        }
+        shown.append(f"{int(size)} rows with {values}")
+    more = len(sizes) - len(shown)
+    return "; ".join(shown) + (f"; and {more} more classes" if more > 0 else "")
+
+
+def enforce_min_k(
+    frame: pd.DataFrame, quasi: list[str], min_k: int, raw: list[str]
 ) -> tuple[pd.DataFrame, dict]:
-    """Return the filtered data and a report of what was done, with the k-anonymity figure."""
+    """Suppress classes until k >= min_k; fail (exit 4) when no suppression can reach it.
+
+    It cannot only when the data holds fewer than `min_k` rows in all: then even one
+    fully suppressed class is too small, and dropping rows would leave nothing, so
+    the stage stops instead of storing or reporting a k below `min_k`.
+    """
+    out = frame.copy()
+    grouped = out.groupby(quasi, dropna=False, sort=True)
+    sizes = grouped.size()
+    suppressed_key = (SUPPRESSED,) * len(quasi)
+    is_suppressed = np.array([_key(k) == suppressed_key for k in sizes.index], dtype=bool)
+    already = int(sizes[is_suppressed].sum())
+    candidates = np.flatnonzero(~is_suppressed)
+    hidden = candidates[classes_to_hide(sizes.to_numpy()[candidates], min_k, already)]
+    rows = grouped.ngroup().isin(hidden).to_numpy()
+    out.loc[rows, quasi] = SUPPRESSED
+    hidden_sizes = sizes.to_numpy()[hidden]
+    final = out.groupby(quasi, dropna=False).size()
+    offending = final[final < min_k]
+    if not offending.empty:
+        raise DataError(
+            ", ".join(quasi),
+            f"k-anonymity >= {min_k}",
+            f"k = {int(final.min())}",
+            f"{len(out)} rows cannot reach it even with every quasi-identifier suppressed: "
+            f"{describe_classes(offending, quasi, raw)}",
+        )
+    return out, {
+        "suppressed_rows": int(hidden_sizes.sum()),
+        "suppressed_classes": len(hidden),
+        "suppressed_rows_of_classes_at_min_k": int(hidden_sizes[hidden_sizes >= min_k].sum()),
+    }
+
+
+def apply_privacy(
+    frame: pd.DataFrame,
+    contract: Contract,
+    privacy: Privacy,
+    key: bytes | None,
+    needed: Collection[str] = (),
+) -> tuple[pd.DataFrame, dict]:
+    """Return the filtered data and a report of what was done, with the k-anonymity figure.
+
+    `needed` names the columns a later stage reads (model inputs, report slices): a
+    quasi-identifier not among them is dropped after the k-anonymity report, because
+    data that is never stored cannot leak.
+    """
     out = frame.copy()
     report: dict = {"dropped_columns": [], "pseudonymised_columns": [], "generalised_columns": {}}
     if privacy.drop_direct_identifiers:
@@ -86,27 +255,27 @@ def apply_privacy(
             raise ConfigError("privacy.pseudonymise_ids is on but no key was given")
         out[contract.id_column] = pseudonymise(out[contract.id_column], key)
         report["pseudonymised_columns"] = [contract.id_column]
-    for column, rule in privacy.generalise.items():
-        if column not in out.columns:  # an optional column this source does not have
-            continue
-        out[column] = generalise(out[column], rule)
-        report["generalised_columns"][column] = rule.model_dump(exclude_none=True)
     quasi = [c for c in contract.names(Role.QUASI_IDENTIFIER) if c in out.columns]
+    out, report["generalised_columns"], raw = coarsen(out, contract, privacy, quasi)
     k_before, _ = k_anonymity(out, quasi)
-    suppressed = 0
+    suppression = {
+        "suppressed_rows": 0,
+        "suppressed_classes": 0,
+        "suppressed_rows_of_classes_at_min_k": 0,
+    }
     if privacy.min_k is not None and k_before is not None and k_before < privacy.min_k:
-        sizes = out.groupby(quasi, dropna=False)[quasi[0]].transform("size")
-        small = sizes < privacy.min_k
-        suppressed = int(small.sum())
-        out.loc[small, quasi] = SUPPRESSED
+        out, suppression = enforce_min_k(out, quasi, privacy.min_k, raw)
     k_after, classes_after = k_anonymity(out, quasi)
+    unused = [c for c in quasi if c not in needed]
     report.update(
         quasi_identifiers=quasi,
+        not_generalised_quasi_identifiers=raw,
         k_anonymity=k_after,
         k_anonymity_before_suppression=k_before,
         equivalence_classes=classes_after,
         min_k=privacy.min_k,
-        suppressed_rows=suppressed,
+        **suppression,
+        dropped_quasi_identifiers=unused,
         rows=len(out),
     )
-    return out, report
+    return out.drop(columns=unused), report

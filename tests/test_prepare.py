@@ -36,3 +36,22 @@ def test_missing_value_policy(data, settings, policy) -> None:
     assert out["V5"].notna().all()
     assert len(out) == (len(data) - 1 if policy == "drop" else len(data))
     assert report["cleaning"]["rows_with_missing_handled"] == 1
+
+
+def test_quasi_identifiers_leave_prepared_data_unless_a_slice_reads_them(data, settings) -> None:
+    from pipeline.config.params import Slice
+    from pipeline.prepare import needed_columns
+
+    privacy = settings.environment.privacy
+    needed = needed_columns(settings)
+    assert not {"customer_age", "postcode"} & needed
+    out, report = prepare(data, settings.contract, Prepare(), privacy, None, needed)
+    assert not {"customer_age", "postcode"} & set(out.columns)
+    assert set(settings.model_inputs) <= set(out.columns)
+    assert report["dropped_quasi_identifiers"] == ["customer_age", "postcode"]
+    assert report["dropped_columns"] == ["card_number"]
+    report_options = settings.report.model_copy(update={"slices": [Slice(column="postcode")]})
+    sliced = settings.model_copy(update={"report": report_options})
+    assert "postcode" in needed_columns(sliced)
+    out, _ = prepare(data, settings.contract, Prepare(), privacy, None, needed_columns(sliced))
+    assert "postcode" in out.columns and "customer_age" not in out.columns
