@@ -237,7 +237,7 @@ def fit_candidate(rows: pd.DataFrame, window: Window, settings: Settings) -> Can
     from pipeline.evidence import pr_auc
     from pipeline.features import plan_features
     from pipeline.report import choose_threshold
-    from pipeline.train import fit_model, predict_proba
+    from pipeline.train import fit_model, predict_proba, synthetic_example
 
     target, inputs = settings.contract.target, settings.model_inputs
 
@@ -266,7 +266,7 @@ def fit_candidate(rows: pd.DataFrame, window: Window, settings: Settings) -> Can
         test_y=test_y,
         test_scores=test_scores,
         counts=counts,
-        example=train[inputs].head(5),
+        example=synthetic_example(train[inputs]),
         fit_seconds=fit_seconds,
     )
 

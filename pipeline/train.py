@@ -91,6 +91,33 @@ def pip_requirements() -> list[str]:
     ]
 
 
+def synthetic_example(frame: pd.DataFrame, rows: int = 5) -> pd.DataFrame:
+    """Rows that show the model's input types without being anybody's record.
+
+    MLflow keeps the input example beside the model, readable by whoever can read the
+    registry; in qa and prod the training rows are real customers' transactions. Row i
+    takes, column by column, the value at the i-th of `rows` evenly spaced quantiles
+    (10 % to 90 %, an observed value, so each column keeps its type and range), and a
+    text or boolean column its most frequent value. No row is a record of the data
+    unless its columns move in perfect lockstep, and no rare value is exposed.
+    """
+    levels = np.linspace(0.1, 0.9, rows)
+    columns = {}
+    for name in frame.columns:
+        column = frame[name]
+        present = column.dropna()
+        if present.empty:
+            values = [column.iloc[0] if len(column) else None] * rows
+        elif pd.api.types.is_bool_dtype(column) or not (
+            pd.api.types.is_numeric_dtype(column) or pd.api.types.is_datetime64_any_dtype(column)
+        ):
+            values = [present.mode().iloc[0]] * rows
+        else:
+            values = list(present.quantile(levels, interpolation="nearest"))
+        columns[name] = pd.Series(values, dtype=column.dtype)
+    return pd.DataFrame(columns)
+
+
 def save_model(model: Pipeline, train: pd.DataFrame, settings: Settings, path) -> None:
     """Save as an MLflow model with signature and input example, atomically."""
     import mlflow.sklearn
@@ -99,7 +126,7 @@ def save_model(model: Pipeline, train: pd.DataFrame, settings: Settings, path) -
     from pipeline.io import atomic_dir
 
     inputs = settings.model_inputs
-    example = train[inputs].head(5)
+    example = synthetic_example(train[inputs])
     # The pyfunc flavour answers predict_proba, so the output schema is its (n, 2) array.
     signature = infer_signature(example, model.predict_proba(example))
     with atomic_dir(path) as tmp:

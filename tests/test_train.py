@@ -45,3 +45,25 @@ def test_the_model_carries_its_features(settings, splits) -> None:
     assert model.predict_proba(raw).shape == (len(raw), 2)
     names = list(model.named_steps["features"].get_feature_names_out())
     assert "Time_sin" in names and "Amount" in names
+
+
+def test_the_saved_input_example_is_no_training_row(settings, splits, tmp_path) -> None:
+    """MLflow keeps the input example beside the model; in qa and prod rows are real."""
+    from mlflow.models import Model
+
+    from pipeline.train import save_model
+
+    parts, plan = splits
+    train = parts["train"]
+    model = fit_model(train, plan, settings)
+    save_model(model, train, settings, tmp_path / "model")
+    saved = Model.load(str(tmp_path / "model")).load_input_example(str(tmp_path / "model"))
+    inputs = settings.model_inputs
+    assert list(saved.columns) == inputs and len(saved) == 5
+    rows = set(train[inputs].itertuples(index=False, name=None))
+    assert not any(tuple(row) in rows for row in saved.itertuples(index=False, name=None))
+    # Each value was observed in its column (types and ranges are the real ones).
+    for column in inputs:
+        assert saved[column].isin(train[column]).all(), column
+    assert model.predict_proba(saved).shape == (5, 2)
+    assert not saved.equals(train[inputs].head(5).reset_index(drop=True))
