@@ -356,6 +356,26 @@ def test_deploy_hands_secrets_to_kubectl_in_a_file_never_as_arguments(tmp_path: 
     assert {p.name for p in tmp_path.iterdir()} == {"bin", "calls.log", "secret.env"}
 
 
+def test_a_merge_request_never_writes_the_environment_remote(tmp_path: Path) -> None:
+    """Whoever can push a branch must not be able to plant outputs that an environment
+    branch's `dvc repro --pull` would later restore as its own."""
+    script = next(line for line in load_ci(CI_FILE)["reproduce"]["script"] if "dvc push" in line)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    dvc = bin_dir / "dvc"
+    dvc.write_text('#!/bin/sh\nprintf "%s\\n" "$*" >> "$DVC_LOG"\n')
+    dvc.chmod(0o755)
+    pushed = {}
+    for source in ("merge_request_event", "push", "web"):
+        log = tmp_path / f"{source}.log"
+        env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "DVC_LOG": str(log)}
+        env["CI_PIPELINE_SOURCE"] = source
+        subprocess.run(["sh", "-euc", script], env=env, check=True, cwd=tmp_path)
+        pushed[source] = log.read_text() if log.exists() else ""
+    assert pushed["merge_request_event"] == ""
+    assert pushed["push"] == pushed["web"] == "push --run-cache\n"
+
+
 def test_prod_promotes_to_shadow_first() -> None:
     ci = load_ci(CI_FILE)
     champion = ci["promote:prod-champion"]
