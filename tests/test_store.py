@@ -288,3 +288,52 @@ def test_newest_label_of_the_environment_and_of_a_version(online) -> None:
     assert store.newest_label_at("dev", model_name="m", model_version="2") == DAY2
     assert store.newest_label_at("dev", model_name="m", model_version="9") is None
     assert store.newest_label_at("prod") is None
+
+
+def _migrate_after(barrier, url: str, schema: str, results) -> None:
+    """One replica starting: wait for the others, then migrate the shared empty schema."""
+    try:
+        store = ScoreStore(url, connect_args={"options": f"-csearch_path={schema}"})
+        barrier.wait(timeout=60)
+        results.put(store.migrate())
+        store.dispose()
+    except Exception as error:  # reported to the test, which names it
+        results.put(f"{type(error).__name__}: {error}".splitlines()[0])
+
+
+@pytest.mark.postgres
+@pytest.mark.skipif(
+    postgres_url() is None,
+    reason="set CRISPML_TEST_DATABASE_URL to a PostgreSQL URL to run (.ci/run does)",
+)
+def test_three_replicas_migrating_one_empty_schema_at_once_all_start() -> None:
+    """Every pod migrates at start-up; three starting together must not crash one."""
+    import multiprocessing as mp
+
+    context = mp.get_context("spawn")
+    admin = sa.create_engine(postgres_url())
+    try:
+        for _ in range(3):  # the race lost 1 of 3 trials before the lock
+            schema = f"t_{uuid.uuid4().hex[:10]}"
+            with admin.begin() as conn:
+                conn.execute(sa.text(f"CREATE SCHEMA {schema}"))
+            try:
+                barrier, results = context.Barrier(3), context.Queue()
+                replicas = [
+                    context.Process(
+                        target=_migrate_after, args=(barrier, postgres_url(), schema, results)
+                    )
+                    for _ in range(3)
+                ]
+                for replica in replicas:
+                    replica.start()
+                outcomes = [results.get(timeout=120) for _ in replicas]
+                for replica in replicas:
+                    replica.join(timeout=60)
+                head = outcomes[0]
+                assert len(set(outcomes)) == 1 and head.startswith("0"), outcomes
+            finally:
+                with admin.begin() as conn:
+                    conn.execute(sa.text(f"DROP SCHEMA {schema} CASCADE"))
+    finally:
+        admin.dispose()

@@ -27,6 +27,8 @@ from pipeline.errors import ServiceUnavailable
 from pipeline.store.schema import labels, scores
 
 MIGRATIONS = Path(__file__).with_name("migrations")
+# The PostgreSQL advisory lock migrations take: a fixed 63-bit number from a fixed name.
+MIGRATION_LOCK = int.from_bytes(hashlib.sha256(b"crispml.store.migrate").digest()[:8]) >> 1
 SCORE_COLUMNS = [c.name for c in scores.columns]
 
 
@@ -145,7 +147,13 @@ class ScoreStore:
         return self.engine.dialect.name
 
     def migrate(self) -> str:
-        """Bring the schema to the newest Alembic revision; returns that revision."""
+        """Bring the schema to the newest Alembic revision; returns that revision.
+
+        Every replica of the service migrates at start-up. On PostgreSQL the upgrade runs
+        under a transaction-scoped advisory lock, so replicas starting together take
+        turns: the first migrates, the others find the schema at head. Without it two of
+        them create the same tables at once and one crashes.
+        """
         from alembic import command
         from alembic.config import Config
         from alembic.runtime.migration import MigrationContext
@@ -154,6 +162,10 @@ class ScoreStore:
         config.set_main_option("script_location", str(MIGRATIONS))
         try:
             with self.engine.begin() as connection:
+                if self.dialect == "postgresql":
+                    connection.execute(
+                        sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK}
+                    )
                 config.attributes["connection"] = connection
                 command.upgrade(config, "head")
             with self.engine.connect() as connection:
