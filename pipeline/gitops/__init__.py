@@ -28,7 +28,7 @@ from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
 _EXPORTS = {
-    "common": ("Runner", "actor_from", "redact", "PROMOTION_FILE", "DEPLOY_ENV_FILE"),
+    "common": ("Runner", "actor_from", "PROMOTION_FILE", "DEPLOY_ENV_FILE"),
     "setup": (
         "remote_url_variable",
         "store_url_variable",
@@ -71,7 +71,6 @@ __all__ = [
     "post_note",
     "promote",
     "promotion_message",
-    "redact",
     "remote_url_variable",
     "reproduce_commands",
     "required_variables",
@@ -95,7 +94,7 @@ def __getattr__(name: str) -> Any:
 
 
 if TYPE_CHECKING:  # for type checkers and editors: the same names, eagerly
-    from pipeline.gitops.common import DEPLOY_ENV_FILE, PROMOTION_FILE, Runner, actor_from, redact
+    from pipeline.gitops.common import DEPLOY_ENV_FILE, PROMOTION_FILE, Runner, actor_from
     from pipeline.gitops.fallback import choose_fallback
     from pipeline.gitops.gitlab_api import TOKEN_VARIABLE, post_note
     from pipeline.gitops.history import format_history

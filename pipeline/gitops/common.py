@@ -49,13 +49,6 @@ def short(commit: str | None) -> str:
     return (commit or "unknown")[:12]
 
 
-def redact(url: str) -> str:
-    """A URL fit for a log, so a pasted log leaks nothing (see pipeline/redaction.py)."""
-    from pipeline.redaction import redact_url
-
-    return redact_url(url)
-
-
 def actor_from(environ: Mapping[str, str]) -> str:
     """Who moved an alias: the GitLab user and pipeline in CI, the login name elsewhere."""
     user = environ.get("GITLAB_USER_LOGIN") or environ.get("USER") or "unknown"

@@ -33,7 +33,8 @@ from pathlib import Path
 
 from pipeline.config.environment import MIN_KEY_BYTES
 from pipeline.errors import ConfigError
-from pipeline.gitops.common import Runner, redact, run, settings_for
+from pipeline.gitops.common import Runner, run, settings_for
+from pipeline.redaction import redact_url
 
 STORE_VARIABLE = "CRISPML_STORE_URL"
 # A merge request's scores go to a file inside its job (relative to the repository).
@@ -68,7 +69,7 @@ def choose_store(env: str, environ: Mapping[str, str]) -> StoreChoice:
     """The job's score store: isolated for a review, the environment's own otherwise."""
     stray = environ.get(STORE_VARIABLE)
     overridden = (
-        f"{STORE_VARIABLE} was set for this job ({redact(stray)}) and is ignored: name an "
+        f"{STORE_VARIABLE} was set for this job ({redact_url(stray)}) and is ignored: name an "
         f"environment's store {store_url_variable(env)}"
         if stray
         else None
@@ -83,7 +84,7 @@ def choose_store(env: str, environ: Mapping[str, str]) -> StoreChoice:
     if environ.get(variable):
         return StoreChoice(
             f'export {STORE_VARIABLE}="${variable}"',
-            f"{variable} ({redact(environ[variable])})",
+            f"{variable} ({redact_url(environ[variable])})",
             overridden,
         )
     return StoreChoice(
@@ -187,7 +188,7 @@ def setup_job(
         "dvc_remote": remote,
         "dvc_remote_url_from": variable if url else ".dvc/config (no CI variable set)",
         "score_store": store.described,
-        "tracking_uri": redact(environ.get("MLFLOW_TRACKING_URI", "")),
+        "tracking_uri": redact_url(environ.get("MLFLOW_TRACKING_URI", "")),
     }
     if store.overridden:
         summary["warning"] = store.overridden
