@@ -297,6 +297,49 @@ def store_migrate(root: Path | None) -> None:
         fail(error)
 
 
+@store.command("pseudonymise")
+@ROOT_OPTION
+@env_option("Environment whose rows to rewrite (default: the active one).")
+@click.option("--dry-run", is_flag=True, help="Count what would change; write nothing.")
+def store_pseudonymise(root: Path | None, env: str | None, dry_run: bool) -> None:
+    """Replace the raw record ids of an environment's scores and labels by pseudonyms.
+
+    Run it once after switching privacy.pseudonymise_ids on for an environment whose
+    store already holds scores, with the key the pipeline uses (the variable named by
+    privacy.key_env): until then score, label and the service refuse to write. Batch
+    score ids that were a hash of the raw id get random ones. One transaction (on
+    PostgreSQL it locks out writers meanwhile; on SQLite stop the service first);
+    running it again changes nothing.
+    """
+    import dataclasses
+
+    from pipeline.errors import ConfigError
+    from pipeline.privacy import pseudonym, pseudonymisation_key
+    from pipeline.store import ScoreStore
+    from pipeline.store.pseudonymise import pseudonymise_store
+
+    try:
+        settings = settings_for(root, env)
+        privacy = settings.environment.privacy
+        if not privacy.pseudonymise_ids:
+            raise ConfigError(
+                f"privacy.pseudonymise_ids is off for environment {settings.env!r}: its "
+                "writers store raw ids, which pseudonymised rows would never join"
+            )
+        key = pseudonymisation_key(privacy)
+        target = ScoreStore(settings.store_url)
+        try:
+            target.migrate()
+            done = pseudonymise_store(
+                target, settings.env, lambda ids: [pseudonym(i, key) for i in ids], dry_run=dry_run
+            )
+        finally:
+            target.dispose()
+    except CrispError as error:
+        fail(error)
+    click.echo(json.dumps(dataclasses.asdict(done), indent=2))
+
+
 @cli.command("reports")
 @ROOT_OPTION
 def reports(root: Path | None) -> None:

@@ -385,14 +385,15 @@ def register_candidate(
     """Log the candidate as an MLflow run and register it; returns the version number.
 
     The model is logged the way `register` logs one (signature, input example, pinned
-    pip requirements, skops trusted types), so the service and `score` load it alike.
+    pip requirements, `pipeline.saved_model`'s options), so the service and `score` load it
+    alike.
     """
     import mlflow
     import mlflow.sklearn
     from mlflow.models import infer_signature
 
     from pipeline.register import numeric_metrics
-    from pipeline.train import pip_requirements, trusted_types
+    from pipeline.saved_model import save_options
 
     name, env = settings.registration.model_name, settings.env
     tags = {**lineage_tags(settings, candidate, trigger), **(extra_tags or {})}
@@ -431,9 +432,7 @@ def register_candidate(
             signature=signature,
             input_example=candidate.example,
             registered_model_name=name,
-            pyfunc_predict_fn="predict_proba",
-            skops_trusted_types=trusted_types(candidate.model),
-            pip_requirements=pip_requirements(),
+            **save_options(candidate.model),
         )
         version = str(info.registered_model_version)
     version_tags = {
@@ -451,13 +450,12 @@ def register_candidate(
 
 def champion_scores(client: Any, settings: Settings, holder: Any, rows: pd.DataFrame) -> Any:
     """The champion model and its scores on `rows` (None, None when it cannot score them)."""
-    import mlflow.sklearn
-
+    from pipeline.saved_model import load_model
     from pipeline.train import predict_proba
 
     name = settings.registration.model_name
     try:
-        model = mlflow.sklearn.load_model(f"models:/{name}/{holder.version}")
+        model = load_model(f"models:/{name}/{holder.version}")
         return model, predict_proba(model, rows, settings.model_inputs)
     except Exception as error:  # a champion of another contract cannot score these rows
         print(
@@ -603,14 +601,17 @@ def run(settings: Settings, environ: Mapping[str, str] | None = None) -> dict:
     if verdict["verdict"] == "passed":
         from pipeline.gitops import actor_from
 
-        registry.move_alias(
-            client,
-            name,
-            alias,
-            version,
-            reason=f"continuous training ({trigger}): {verdict['reason']}"[:500],
-            actor=actor_from(environ),
-        )
+        with registry.history_store(settings) as history:
+            registry.move_alias(
+                client,
+                history,
+                name,
+                alias,
+                version,
+                reason=f"continuous training ({trigger}): {verdict['reason']}"[:500],
+                actor=actor_from(environ),
+                expected=serving,
+            )
         outcome.promoted = True
         outcome.message = (
             f"RETRAINED and PROMOTED: {why}; @{alias} -> version {version} trained on "

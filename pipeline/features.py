@@ -9,8 +9,12 @@ number, a category, a log or a clock), written as JSON: no code crosses from one
 stage to the next. `build_features` turns the plan into a transformer for the chosen
 algorithm, because algorithms want categories differently: gradient boosting splits
 on them natively, logistic regression needs one-hot columns, a random forest does
-well with ordinal codes. A category never seen in training becomes "missing" (trees)
-or all-zero (one-hot), so scoring never fails on it.
+well with ordinal codes. A category never seen in training becomes NaN (trees) or
+all-zero (one-hot), so scoring never fails on it.
+
+Every part is a scikit-learn class or a numpy ufunc, never a class of ours: the saved
+model then loads with scikit-learn and skops alone, without `crispml` and without
+trusting whatever an artifact declares (see `pipeline.saved_model`).
 """
 
 from __future__ import annotations
@@ -20,10 +24,10 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.compose import ColumnTransformer
-from sklearn.pipeline import Pipeline, make_pipeline
-from sklearn.preprocessing import FunctionTransformer
+from sklearn.impute import SimpleImputer
+from sklearn.pipeline import FeatureUnion, Pipeline, make_pipeline
+from sklearn.preprocessing import FunctionTransformer, StandardScaler
 
 SECONDS_PER_DAY = 86_400.0
 # HistGradientBoosting takes at most 255 bins, one of them for missing values.
@@ -32,6 +36,8 @@ MAX_NATIVE_CATEGORIES = 254
 MAX_ONE_HOT = 50
 # Algorithms whose scikit-learn estimator splits on NaN itself.
 HANDLES_NAN = frozenset({"hist_gradient_boosting", "random_forest"})
+# The category a gap becomes, seen in training like any other.
+MISSING = "(missing)"
 
 
 @dataclass(frozen=True)
@@ -57,79 +63,45 @@ class FeaturePlan:
         return cls(**data)
 
 
-class AsFloat(TransformerMixin, BaseEstimator):
-    """Numbers, booleans (1/0) and nullable ints (Int64) as one float64 matrix, NaN for gaps."""
+def _to_float() -> StandardScaler:
+    """Numbers, booleans and nullable ints (Int64, with pd.NA) as one float64 matrix.
 
-    def fit(self, X: Any, y: object = None) -> AsFloat:
-        return self
-
-    def transform(self, X: Any) -> np.ndarray:
-        frame = pd.DataFrame(X)
-        return (
-            np.column_stack(
-                [
-                    pd.to_numeric(frame[c], errors="coerce").astype("float64").to_numpy()
-                    for c in frame.columns
-                ]
-            )
-            if len(frame.columns)
-            else np.empty((len(frame), 0))
-        )
-
-    def get_feature_names_out(self, input_features: Any = None) -> np.ndarray:
-        return np.asarray(input_features, dtype=object)
+    A StandardScaler that neither centres nor scales is scikit-learn's own "validate as
+    float, keep NaN" step: it is what lets the model hold no code of ours, so that it
+    loads with nothing but scikit-learn and skops' default trusted types.
+    """
+    return StandardScaler(with_mean=False, with_std=False)
 
 
-class AsCategory(TransformerMixin, BaseEstimator):
-    """Categories as Python strings with NaN for a gap, the one form the encoders accept."""
-
-    def fit(self, X: Any, y: object = None) -> AsCategory:
-        return self
-
-    def transform(self, X: Any) -> np.ndarray:
-        frame = pd.DataFrame(X).astype(object)
-        return (
-            frame.where(frame.notna(), np.nan)
-            .map(lambda v: v if isinstance(v, float) else str(v))
-            .to_numpy(dtype=object)
-        )
-
-    def get_feature_names_out(self, input_features: Any = None) -> np.ndarray:
-        return np.asarray(input_features, dtype=object)
-
-
-class TimeOfDay(TransformerMixin, BaseEstimator):
+def _time_of_day(kind: str) -> Pipeline:
     """sin and cos of the time of day, so 23:59 and 00:01 are neighbours.
 
-    Reads a datetime column (or ISO-8601 text) or a number of seconds.
+    Built from trusted parts only: the time becomes a number of seconds (a datetime
+    reaches the model as datetime64[ns], which contract validation, the service and
+    MLflow's schema enforcement all produce, so `np.float64` gives nanoseconds), the
+    ColumnTransformer's weight turns it into an angle, and numpy's sin and cos do the
+    rest. No modulo is needed: sin and cos are periodic. The two features are named
+    `sin__<column>` and `cos__<column>`.
     """
-
-    def __init__(self, kind: str = "seconds") -> None:
-        self.kind = kind
-
-    def fit(self, X: Any, y: object = None) -> TimeOfDay:
-        return self
-
-    def _seconds(self, column: pd.Series) -> np.ndarray:
-        if self.kind == "datetime":
-            stamps = pd.to_datetime(column, utc=True, format="ISO8601")
-            return (stamps.dt.hour * 3600.0 + stamps.dt.minute * 60.0 + stamps.dt.second).to_numpy(
-                dtype="float64", na_value=np.nan
-            )
-        return pd.to_numeric(column, errors="coerce").astype("float64").to_numpy() % SECONDS_PER_DAY
-
-    def transform(self, X: Any) -> np.ndarray:
-        frame = pd.DataFrame(X)
-        angle = 2 * np.pi * self._seconds(frame.iloc[:, 0]) / SECONDS_PER_DAY
-        return np.column_stack([np.sin(angle), np.cos(angle)])
-
-    def get_feature_names_out(self, input_features: Any = None) -> np.ndarray:
-        name = input_features[0] if input_features is not None else "time"
-        return np.asarray([f"{name}_sin", f"{name}_cos"], dtype=object)
-
-
-def _log1p(values: np.ndarray) -> np.ndarray:
-    return np.log1p(np.clip(values, 0.0, None))
+    seconds_per_unit = 1e-9 if kind == "datetime" else 1.0
+    to_number = FunctionTransformer(np.float64, feature_names_out="one-to-one")
+    if kind != "datetime":
+        to_number = _to_float()
+    angle = ColumnTransformer(
+        [("angle", FunctionTransformer(feature_names_out="one-to-one"), [0])],
+        transformer_weights={"angle": 2 * np.pi * seconds_per_unit / SECONDS_PER_DAY},
+        verbose_feature_names_out=False,
+    )
+    return make_pipeline(
+        to_number,
+        angle,
+        FeatureUnion(
+            [
+                ("sin", FunctionTransformer(np.sin, feature_names_out="one-to-one")),
+                ("cos", FunctionTransformer(np.cos, feature_names_out="one-to-one")),
+            ]
+        ),
+    )
 
 
 def plan_features(settings: Any, train: pd.DataFrame) -> FeaturePlan:
@@ -165,12 +137,11 @@ def plan_features(settings: Any, train: pd.DataFrame) -> FeaturePlan:
 
 
 def _numeric_steps(plan: FeaturePlan, algorithm: str, columns: list[str], log: bool) -> Pipeline:
-    from sklearn.impute import SimpleImputer
-    from sklearn.preprocessing import StandardScaler
-
-    steps: list[Any] = [AsFloat()]
+    steps: list[Any] = [_to_float()]
     if log:
-        steps.append(FunctionTransformer(_log1p, feature_names_out="one-to-one"))
+        # The config admits `log` only where the contract says min >= 0, and validation
+        # enforces the min, so log1p never sees a negative number.
+        steps.append(FunctionTransformer(np.log1p, feature_names_out="one-to-one"))
     if algorithm not in HANDLES_NAN and set(columns) & set(plan.nullable):
         # Median imputation loses the fact that a value was missing; the indicator keeps it.
         steps.append(SimpleImputer(strategy="median", add_indicator=True))
@@ -180,13 +151,26 @@ def _numeric_steps(plan: FeaturePlan, algorithm: str, columns: list[str], log: b
 
 
 def _categorical_steps(algorithm: str) -> Pipeline:
-    from sklearn.impute import SimpleImputer
+    """Categories as the encoders want them, with one "(missing)" category for a gap.
+
+    A gap arrives as NaN from parquet and as None from the service; the encoders would
+    see two different categories, so both become "(missing)" first (NaN, then None:
+    the None imputer refuses NaN in its input).
+    """
     from sklearn.preprocessing import OneHotEncoder, OrdinalEncoder
 
+    gaps = [
+        SimpleImputer(strategy="constant", fill_value=MISSING, keep_empty_features=True),
+        SimpleImputer(
+            missing_values=None,
+            strategy="constant",
+            fill_value=MISSING,
+            keep_empty_features=True,
+        ),
+    ]
     if algorithm == "logistic_regression":
         return make_pipeline(
-            AsCategory(),
-            SimpleImputer(strategy="constant", fill_value="(missing)"),
+            *gaps,
             OneHotEncoder(
                 handle_unknown="infrequent_if_exist",
                 max_categories=MAX_ONE_HOT,
@@ -194,7 +178,7 @@ def _categorical_steps(algorithm: str) -> Pipeline:
             ),
         )
     return make_pipeline(
-        AsCategory(),
+        *gaps,
         OrdinalEncoder(
             handle_unknown="use_encoded_value",
             unknown_value=np.nan,
@@ -209,7 +193,7 @@ def build_features(plan: FeaturePlan, algorithm: str) -> ColumnTransformer:
     parts: list[tuple[str, Any, list[str]]] = []
     if plan.time_of_day is not None:
         parts.append(
-            ("time_of_day", TimeOfDay(plan.time_of_day_kind or "seconds"), [plan.time_of_day])
+            ("time_of_day", _time_of_day(plan.time_of_day_kind or "seconds"), [plan.time_of_day])
         )
     if plan.numeric:
         parts.append(

@@ -2,6 +2,10 @@
 
 Only records that were actually scored get a label row, and labels are upserted, so
 importing the same feed twice, or a corrected feed, leaves exactly one label per record.
+
+Ground truth arrives with the source's raw ids. Where the environment pseudonymises,
+ingest keyed the ids before anything was scored, so the feed's ids are keyed here with
+the same key before they are matched: the raw id is never compared, stored or written.
 """
 
 from __future__ import annotations
@@ -82,7 +86,7 @@ def read_truth(settings, frame: int) -> tuple[pd.DataFrame, str]:
         prepared = pd.read_parquet(
             Layout(settings.root).frame_file(Layout(settings.root).prepared, frame)
         )
-        # Prepared ids are already pseudonymised when the filter is on.
+        # Prepared ids are already pseudonymised when the filter is on (by ingest).
         return clean_truth(
             prepared, contract.id_column, contract.target
         ), f"target:{contract.target}"
@@ -110,6 +114,7 @@ def run(settings, frame: int) -> dict:
     from pipeline.io import write_json
     from pipeline.layout import Layout
     from pipeline.store import ScoreStore, utcnow
+    from pipeline.store.pseudonymise import require_pseudonymised
 
     layout = Layout(settings.root)
     scored = pd.read_parquet(layout.frame_file(layout.scored, frame))
@@ -119,6 +124,7 @@ def run(settings, frame: int) -> dict:
     store = ScoreStore(settings.store_url)
     try:
         store.migrate()
+        require_pseudonymised(store, settings.env, settings.environment.privacy)
         store.upsert_labels(
             {
                 "environment": settings.env,

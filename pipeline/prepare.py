@@ -1,7 +1,9 @@
 """Prepare (CRISP-DM: data preparation, algorithm-independent): clean, then apply privacy.
 
 Runs over all frames at once because duplicates and id uniqueness are properties of
-the whole data set, not of one frame.
+the whole data set, not of one frame. Direct identifiers and raw ids are already gone
+(ingest minimises before its first write); prepare checks that they are, and protects
+the quasi-identifiers once cleaning has settled which rows stay.
 """
 
 from __future__ import annotations
@@ -10,11 +12,11 @@ from collections.abc import Collection
 
 import pandas as pd
 
-from pipeline.config import Contract, Prepare, Privacy, Settings
+from pipeline.config import Contract, Prepare, Privacy, Role, Settings
 from pipeline.contract import check_complete
-from pipeline.errors import DataError
-from pipeline.ingest import FRAME
-from pipeline.privacy import apply_privacy
+from pipeline.errors import ConfigError, DataError
+from pipeline.ingest import FRAME, PRIVACY_RECORD, REPEATED, repeated_rows
+from pipeline.privacy import protect_quasi_identifiers
 
 
 def handle_missing(
@@ -45,32 +47,67 @@ def handle_missing(
     return filled, int(nulls.any(axis=1).sum())
 
 
+def check_minimised(
+    frame: pd.DataFrame, contract: Contract, privacy: Privacy, minimised: dict
+) -> None:
+    """Refuse ingested data that was not minimised the way the environment now says.
+
+    DVC re-runs ingest when the filter changes, but `crispml prepare` run by hand on
+    older ingested data would otherwise pass raw identifiers or raw ids on, or key
+    nothing while label keys the ground truth's ids.
+    """
+    again = "run `crispml ingest` (or `dvc repro`) again"
+    direct = [c for c in contract.names(Role.DIRECT_IDENTIFIER) if c in frame.columns]
+    if privacy.drop_direct_identifiers and direct:
+        raise ConfigError(
+            f"data/ingested holds direct identifiers {direct} although "
+            f"privacy.drop_direct_identifiers is on: {again}"
+        )
+    keyed = list(minimised.get("pseudonymised_columns", []))
+    wanted = [contract.id_column] if privacy.pseudonymise_ids else []
+    if keyed != wanted:
+        state = "on" if privacy.pseudonymise_ids else "off"
+        raise ConfigError(
+            f"data/ingested has pseudonymised columns {keyed} but privacy.pseudonymise_ids "
+            f"is {state}: {again}"
+        )
+
+
 def prepare(
     frame: pd.DataFrame,
     contract: Contract,
     options: Prepare,
     privacy: Privacy,
-    key: bytes | None,
+    minimised: dict | None = None,
     needed: Collection[str] = (),
 ) -> tuple[pd.DataFrame, dict]:
     """Clean and filter the concatenated frames; returns the data and the privacy report.
 
-    `needed` names the columns later stages read: quasi-identifiers outside it are
-    dropped by the privacy filter (see `needed_columns`).
+    `minimised` is what ingest's half of the filter did (its privacy record); `needed`
+    names the columns later stages read: quasi-identifiers outside it are dropped by
+    the privacy filter (see `needed_columns`).
     """
+    minimised = minimised or {}
+    check_minimised(frame, contract, privacy, minimised)
     rows_in = len(frame)
+    # Ingest marked the repeats while it still saw the direct identifiers.
+    repeated = frame[REPEATED] if REPEATED in frame.columns else repeated_rows(frame, contract)
+    frame = frame.drop(columns=[REPEATED], errors="ignore")
     duplicates = 0
     if options.drop_duplicates:
         # A duplicate is the same content twice. The id is left out (a derived id
         # already tells identical rows apart, and a re-sent row gets a new source id),
         # and so is the frame, which is a function of the row's place, not its content.
-        content = [c for c in frame.columns if c not in (contract.id_column, FRAME)]
-        deduplicated = frame.drop_duplicates(subset=content, ignore_index=True)
-        duplicates = rows_in - len(deduplicated)
-        frame = deduplicated
+        frame = frame[~repeated.to_numpy(dtype=bool)].reset_index(drop=True)
+        duplicates = rows_in - len(frame)
     frame, missing = handle_missing(frame, contract, options.missing)
     check_complete(frame, contract)
-    filtered, report = apply_privacy(frame, contract, privacy, key, needed)
+    filtered, report = protect_quasi_identifiers(frame, contract, privacy, needed)
+    report = {
+        "dropped_columns": list(minimised.get("dropped_columns", [])),
+        "pseudonymised_columns": list(minimised.get("pseudonymised_columns", [])),
+        **report,
+    }
     report["cleaning"] = {
         "rows_in": rows_in,
         "duplicates_dropped": duplicates,
@@ -99,20 +136,20 @@ def split_frames(frame: pd.DataFrame, count: int) -> dict[int, pd.DataFrame]:
 
 def run(settings: Settings) -> dict:
     """Entry point: data/ingested -> data/prepared, plus reports/privacy.json."""
-    from pipeline.io import atomic_dir, write_json
+    from pipeline.io import atomic_dir, read_json, write_json
     from pipeline.layout import Layout
-    from pipeline.privacy import pseudonymisation_key
 
     layout = Layout(settings.root)
     privacy = settings.environment.privacy
-    key = pseudonymisation_key(privacy) if privacy.pseudonymise_ids else None
+    record = layout.ingested / PRIVACY_RECORD
+    minimised = read_json(record) if record.is_file() else {}
     count = settings.frames.count
     data = pd.concat(
         [pd.read_parquet(layout.frame_file(layout.ingested, n)) for n in range(1, count + 1)],
         ignore_index=True,
     )
     prepared, report = prepare(
-        data, settings.contract, settings.prepare, privacy, key, needed_columns(settings)
+        data, settings.contract, settings.prepare, privacy, minimised, needed_columns(settings)
     )
     with atomic_dir(layout.prepared) as tmp:
         for number, part in split_frames(prepared, count).items():

@@ -1,12 +1,22 @@
 """The privacy filter of an environment: identifiers out, ids keyed, quasi-identifiers coarse.
 
-Kept apart from prepare because a reviewer from the data-protection office should be
-able to read exactly this file and nothing else.
+Kept apart from ingest and prepare because a reviewer from the data-protection office
+should be able to read exactly this file and nothing else.
 
-The order matters and is the whole guarantee: drop direct identifiers, key the id,
-coarsen every quasi-identifier (with its rule, or a default), suppress equivalence
-classes until every class has at least `min_k` rows (or fail), report, and finally drop
-the quasi-identifiers nothing downstream reads, so they are neither stored nor pushed.
+The order matters and is the whole guarantee. It runs in two parts:
+
+* `minimise`, in ingest, before anything is written: drop direct identifiers and key
+  the id. Neither needs another row, so nothing raw ever reaches `data/ingested/`, the
+  DVC cache or a remote.
+* `protect_quasi_identifiers`, in prepare, after the last step that removes rows:
+  coarsen every quasi-identifier (with its rule, or a default), suppress equivalence
+  classes until every class has at least `min_k` rows (or fail), report, and finally
+  drop the quasi-identifiers nothing downstream reads, so they are neither stored nor
+  pushed. Suppression has to follow cleaning: a duplicate or an incomplete row dropped
+  after it could shrink a class below `min_k` again. Generalisation stays beside it:
+  the missing-value policy reads the values as the contract types them (a median age,
+  not a band), and the default decile bands are cut on the rows that are kept. Until
+  then the quasi-identifiers sit in `data/ingested/` as the source delivered them.
 """
 
 from __future__ import annotations
@@ -30,6 +40,9 @@ SUPPRESSED = "*"
 DEFAULT_BANDS = 10
 # How many offending classes an error message lists: enough to act on, short to read.
 SHOWN_CLASSES = 5
+# Hex characters of HMAC-SHA256 kept in a pseudonym: 128 bits, no collision in practice.
+# The score store tells pseudonymised ids by this shape (pipeline/store/pseudonymise.py).
+PSEUDONYM_HEX = 32
 
 
 def pseudonymisation_key(privacy: Privacy) -> bytes:
@@ -54,11 +67,13 @@ def key_too_short(variable: str, size: int) -> str:
     )
 
 
-def pseudonymise(values: pd.Series, key: bytes) -> pd.Series:
+def pseudonym(value: object, key: bytes) -> str:
     """Keyed HMAC-SHA256: stable for joins with later ground truth, unlinkable without the key."""
-    return values.map(
-        lambda v: hmac.new(key, str(v).encode("utf-8"), hashlib.sha256).hexdigest()[:32]
-    )
+    return hmac.new(key, str(value).encode("utf-8"), hashlib.sha256).hexdigest()[:PSEUDONYM_HEX]
+
+
+def pseudonymise(values: pd.Series, key: bytes) -> pd.Series:
+    return values.map(lambda v: pseudonym(v, key))
 
 
 def generalise(values: pd.Series, rule: Generalise) -> pd.Series:
@@ -73,7 +88,10 @@ def generalise(values: pd.Series, rule: Generalise) -> pd.Series:
             dtype=object,
         )
     keep = int(rule.keep_prefix or 0)
-    return values.astype(str).map(lambda v: v[:keep] + SUPPRESSED * max(len(v) - keep, 0))
+    # A gap stays a gap: as text it would become "No**", a class of its own.
+    return values.map(
+        lambda v: str(v)[:keep] + SUPPRESSED * max(len(str(v)) - keep, 0) if pd.notna(v) else None
+    ).astype(object)
 
 
 def decile_edges(values: pd.Series) -> list[float]:
@@ -231,21 +249,14 @@ def enforce_min_k(
     }
 
 
-def apply_privacy(
-    frame: pd.DataFrame,
-    contract: Contract,
-    privacy: Privacy,
-    key: bytes | None,
-    needed: Collection[str] = (),
+def minimise(
+    frame: pd.DataFrame, contract: Contract, privacy: Privacy, key: bytes | None
 ) -> tuple[pd.DataFrame, dict]:
-    """Return the filtered data and a report of what was done, with the k-anonymity figure.
-
-    `needed` names the columns a later stage reads (model inputs, report slices): a
-    quasi-identifier not among them is dropped after the k-anonymity report, because
-    data that is never stored cannot leak.
-    """
-    out = frame.copy()
-    report: dict = {"dropped_columns": [], "pseudonymised_columns": [], "generalised_columns": {}}
+    """Drop the direct identifiers and key the id: the part of the filter that needs no
+    other row, so ingest applies it before its first write. Returns the data and what
+    was done (prepare copies it into the privacy report and checks it still holds)."""
+    out = frame
+    report: dict = {"dropped_columns": [], "pseudonymised_columns": []}
     if privacy.drop_direct_identifiers:
         direct = [c for c in contract.names(Role.DIRECT_IDENTIFIER) if c in out.columns]
         out = out.drop(columns=direct)
@@ -253,10 +264,24 @@ def apply_privacy(
     if privacy.pseudonymise_ids:
         if key is None:
             raise ConfigError("privacy.pseudonymise_ids is on but no key was given")
-        out[contract.id_column] = pseudonymise(out[contract.id_column], key)
+        out = out.assign(**{contract.id_column: pseudonymise(out[contract.id_column], key)})
         report["pseudonymised_columns"] = [contract.id_column]
-    quasi = [c for c in contract.names(Role.QUASI_IDENTIFIER) if c in out.columns]
-    out, report["generalised_columns"], raw = coarsen(out, contract, privacy, quasi)
+    return out, report
+
+
+def protect_quasi_identifiers(
+    frame: pd.DataFrame, contract: Contract, privacy: Privacy, needed: Collection[str] = ()
+) -> tuple[pd.DataFrame, dict]:
+    """Return the data with its quasi-identifiers generalised, suppressed to `min_k` and
+    dropped where unused, and a report with the k-anonymity figure.
+
+    `needed` names the columns a later stage reads (model inputs, report slices): a
+    quasi-identifier not among them is dropped after the k-anonymity report, because
+    data that is never stored cannot leak.
+    """
+    report: dict = {}
+    quasi = [c for c in contract.names(Role.QUASI_IDENTIFIER) if c in frame.columns]
+    out, report["generalised_columns"], raw = coarsen(frame, contract, privacy, quasi)
     k_before, _ = k_anonymity(out, quasi)
     suppression = {
         "suppressed_rows": 0,

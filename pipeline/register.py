@@ -20,6 +20,8 @@ from pipeline.evidence import FAILED, INSUFFICIENT, PASSED, Comparison
 from pipeline.redaction import redact_params, redact_url
 
 DEFER_ALIAS_ENV = "CRISPML_DEFER_ALIAS"
+# Where a run keeps the model it registers (runs:/<run>/model).
+MODEL_ARTIFACT = "model"
 
 
 @dataclass(frozen=True)
@@ -163,12 +165,11 @@ def champion_scores(settings, version: str, rows) -> np.ndarray | None:
     None when the champion cannot score the current inputs (a changed contract with
     the same columns' names): the gate then has no comparison and says so.
     """
-    import mlflow.sklearn
-
+    from pipeline.saved_model import load_model
     from pipeline.train import predict_proba
 
     try:
-        model = mlflow.sklearn.load_model(f"models:/{settings.registration.model_name}/{version}")
+        model = load_model(f"models:/{settings.registration.model_name}/{version}")
         return predict_proba(model, rows, settings.model_inputs)
     except Exception as exc:  # the reason goes into the gate verdict, not a traceback
         import sys
@@ -195,6 +196,8 @@ def fall_back(client, settings, rows, lineage: dict[str, str], move: bool = True
 
     name, alias = settings.registration.model_name, settings.alias
     fallback_alias = settings.environment.registry.fallback_alias
+    # The holder the fallback is judged against: the move below is a compare-and-set on it.
+    seen = registry.alias_holder(client, name, alias)
     decided = choose_fallback(client, settings, alias, fallback_alias, lineage, rows)
     if not decided.used:
         print(
@@ -209,7 +212,16 @@ def fall_back(client, settings, rows, lineage: dict[str, str], move: bool = True
             f"fallback: own model failed its gate; serving the @{fallback_alias} model of the "
             f"same code, params and data; {decided.reason}"
         )
-        event = registry.move_alias(client, name, alias, str(decided.version), reason=reason)
+        with registry.history_store(settings) as store:
+            event = registry.move_alias(
+                client,
+                store,
+                name,
+                alias,
+                str(decided.version),
+                reason=reason,
+                expected=None if seen is None else str(seen.version),
+            )
     print(
         f"FALLBACK: @{alias} {'now serves' if move else 'is to serve'} version "
         f"{decided.version}, validated in @{fallback_alias} for the same code, params and data, "
@@ -233,7 +245,6 @@ def run(settings) -> dict:
     import sys
 
     import mlflow
-    import mlflow.sklearn
     from mlflow.models import Model
     from sklearn.metrics import roc_auc_score
 
@@ -243,7 +254,8 @@ def run(settings) -> dict:
     from pipeline.layout import Layout
     from pipeline.perf import read_perf
     from pipeline.registered import Registered
-    from pipeline.train import pip_requirements, predict_proba, trusted_types
+    from pipeline.saved_model import check_loadable, load_model
+    from pipeline.train import predict_proba
 
     layout = Layout(settings.root)
     client = tracking.configure(settings)
@@ -255,7 +267,8 @@ def run(settings) -> dict:
 
     rows = gate_rows(layout)
     y = rows[settings.contract.target].to_numpy().astype(int)
-    model = mlflow.sklearn.load_model(str(layout.model))
+    model = load_model(layout.model)
+    check_loadable(model)
     candidate_scores = predict_proba(model, rows, settings.model_inputs)
     evidence = Evidence.of(settings)
     candidate_pr_auc = pr_auc(y, candidate_scores)
@@ -304,7 +317,6 @@ def run(settings) -> dict:
         + (f"\n  - {comparison.reason}" if comparison is not None and comparison.passed else ""),
         file=sys.stderr,
     )
-    example = saved.load_input_example(str(layout.model))
     # What this model is, beyond the commit: its artifact and its lineage (git hashes of
     # code, params, dvc.yaml and data). An identical artifact already registered for this
     # environment is reused rather than registered again (a re-run, a cache hit).
@@ -349,17 +361,11 @@ def run(settings) -> dict:
                 file=sys.stderr,
             )
         else:
-            info = mlflow.sklearn.log_model(
-                model,
-                name="model",
-                signature=saved.signature,
-                input_example=example,
-                registered_model_name=name,
-                pyfunc_predict_fn="predict_proba",
-                skops_trusted_types=trusted_types(model),
-                pip_requirements=pip_requirements(),
-            )
-            version = str(info.registered_model_version)
+            # The bytes train wrote and DVC hashed, not a re-serialisation of them: the
+            # registered model is the one the pipeline tested.
+            mlflow.log_artifacts(str(layout.model), MODEL_ARTIFACT)
+            registered = mlflow.register_model(f"runs:/{run_id}/{MODEL_ARTIFACT}", name)
+            version = str(registered.version)
 
     version_tags = {
         "environment": env,
@@ -385,7 +391,17 @@ def run(settings) -> dict:
         decided = version
         if not defer:
             reason = f"gate passed in {env}"
-            moved = registry.move_alias(client, name, alias, version, reason=reason)
+            with registry.history_store(settings) as store:
+                moved = registry.move_alias(
+                    client,
+                    store,
+                    name,
+                    alias,
+                    version,
+                    reason=reason,
+                    expected=str(champion.version) if champion else None,
+                    git_commit=commit,
+                )
     elif settings.environment.registry.fallback_alias and not other_lineage:
         fallback = fall_back(client, settings, rows, lineage, move=not defer)
         moved = fallback.get("event")

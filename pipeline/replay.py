@@ -427,6 +427,7 @@ class Replay:
         if promote:
             registry.move_alias(
                 self.client,
+                self.store,
                 self.name,
                 self.alias,
                 version,
@@ -443,9 +444,9 @@ class Replay:
             raise CrispError(f"replay: @{self.alias} holds no version")
         version = str(holder.version)
         if version not in self.models:
-            import mlflow.sklearn
+            from pipeline.saved_model import load_model
 
-            self.models[version] = mlflow.sklearn.load_model(f"models:/{self.name}/{version}")
+            self.models[version] = load_model(f"models:/{self.name}/{version}")
         return version, self.models[version], float(holder.tags["threshold"])
 
     def expected_pr_auc(self, version: str) -> float | None:
@@ -456,7 +457,7 @@ class Replay:
 
     def score(self, day: int, version: str, model: Any, threshold: float) -> pd.DataFrame:
         from pipeline.score import score_rows
-        from pipeline.store import batch_score_id, utcnow
+        from pipeline.store import new_score_id, utcnow
 
         settings, env = self.settings, self.settings.env
         scored = score_rows(
@@ -475,10 +476,7 @@ class Replay:
             "source": f"replay day {day}",
             "scored_at": now,
         }
-        rows = [
-            {**lineage, **r, "score_id": batch_score_id(env, self.name, version, r["record_id"])}
-            for r in scored.to_dict("records")
-        ]
+        rows = [{**lineage, **r, "score_id": new_score_id()} for r in scored.to_dict("records")]
         self.store.insert_scores(rows)
         return scored
 

@@ -179,15 +179,14 @@ def plot_tables(
 
 def run(settings) -> dict:
     """Entry point: model + valid/test splits -> reports/metrics.json, slices.json, plots/."""
-    import mlflow.sklearn
-
     from pipeline.io import atomic_dir, write_json
     from pipeline.layout import Layout
+    from pipeline.saved_model import load_model
     from pipeline.train import predict_proba
 
     layout = Layout(settings.root)
     contract, options = settings.contract, settings.report
-    model = mlflow.sklearn.load_model(str(layout.model))
+    model = load_model(layout.model)
     valid = pd.read_parquet(layout.curated / "valid.parquet")
     test = pd.read_parquet(layout.curated / "test.parquet")
     y_valid = valid[contract.target].to_numpy()

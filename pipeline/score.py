@@ -2,8 +2,10 @@
 
 The model is the version that holds the environment's alias after the gate, pinned by
 number, so a score row always names the exact model that produced it. Chunks bound
-memory and each chunk is one transaction; deterministic score ids make a re-run (or a
-run resumed after a crash) add nothing twice.
+memory and each chunk is one transaction. Score ids are random (a known transaction id
+must not give away its score id); the store keeps one batch score per record, model
+version and environment, so a re-run (or a run resumed after a crash) adds nothing
+twice, and its receipt names the ids already stored.
 """
 
 from __future__ import annotations
@@ -50,22 +52,23 @@ def serving_model(registered: Registered) -> Serving:
 
 def run(settings, frame: int) -> dict:
     """Entry point: data/prepared/frame_<n> -> score store, data/scored/, reports/score/."""
-    import mlflow.sklearn
     from tqdm import tqdm
 
     from pipeline import tracking
     from pipeline.io import write_json, write_parquet
     from pipeline.layout import Layout
     from pipeline.registered import Registered
+    from pipeline.saved_model import load_model
     from pipeline.sources import describe
-    from pipeline.store import ScoreStore, batch_score_id, utcnow
+    from pipeline.store import ScoreStore, new_score_id, utcnow
+    from pipeline.store.pseudonymise import require_pseudonymised
 
     layout = Layout(settings.root)
     registered = Registered.load(layout.registered)
     serving = serving_model(registered)
     name, version = registered.model_name, serving.version
     tracking.configure(settings)
-    model = mlflow.sklearn.load_model(f"models:/{name}/{version}")
+    model = load_model(f"models:/{name}/{version}")
     data = pd.read_parquet(layout.frame_file(layout.prepared, frame))
     contract, env = settings.contract, settings.env
     lineage = {
@@ -81,6 +84,7 @@ def run(settings, frame: int) -> dict:
     }
     store = ScoreStore(settings.store_url)
     store.migrate()
+    require_pseudonymised(store, env, settings.environment.privacy)
     receipts, inserted = [], 0
     size = settings.score.chunk_rows
     progress = tqdm(total=len(data), desc=f"score frame {frame}", unit="rows", disable=None)
@@ -89,12 +93,13 @@ def run(settings, frame: int) -> dict:
             scored = score_rows(
                 model, part, settings.model_inputs, contract.id_column, lineage["threshold"]
             )
-            scored["score_id"] = [
-                batch_score_id(env, name, version, r) for r in scored["record_id"]
-            ]
+            scored["score_id"] = [new_score_id() for _ in range(len(scored))]
             now = utcnow()
             rows = [{**lineage, **row, "scored_at": now} for row in scored.to_dict("records")]
-            inserted += store.insert_scores(rows)
+            # A record this version scored before keeps its stored score: the receipt
+            # names the ids in the store, not the fresh ones a re-run drew.
+            added, scored["score_id"] = store.store_batch_scores(rows)
+            inserted += added
             receipts.append(scored)
             progress.update(len(part))
     finally:

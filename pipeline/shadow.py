@@ -12,7 +12,9 @@ labels arrive, the pairs compare the two models on the very same records:
   `gates.register.max_pr_auc_drop`;
 * `crispml shadow report`: that comparison for the versions the aliases hold now;
 * `crispml shadow promote`: moves `@<alias>` to the challenger's version (the move is
-  recorded in the alias history with its reason) and removes the challenger alias.
+  recorded in the alias history, kept in the same store as the shadow scores, with its
+  reason) and removes the challenger alias. Both are compare-and-sets against the
+  versions the comparison was made for: an alias moved meanwhile refuses the promotion.
   With `--manual --reason ...` a person decides; without, it promotes only when
   `registry.shadow.auto_promote` is on, at least `registry.shadow.min_labelled_scores`
   labelled pairs exist and the comparison passes. Otherwise it exits 5 with the counts
@@ -184,25 +186,6 @@ def report(
     }
 
 
-def _remove_alias(client: Any, name: str, alias: str, reason: str, actor: str) -> None:
-    """Delete `alias`, and record that in its history (the registry forgets otherwise)."""
-    from datetime import UTC
-
-    from pipeline.registry import HISTORY_LIMIT, HISTORY_TAG, alias_history
-
-    previous = _holder_version(client, name, alias)
-    client.delete_registered_model_alias(name, alias)
-    event = {
-        "version": None,
-        "previous": previous,
-        "at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "reason": reason,
-        "actor": actor,
-    }
-    history = [*alias_history(client, name, alias), event][-HISTORY_LIMIT:]
-    client.set_registered_model_tag(name, HISTORY_TAG.format(alias=alias), json.dumps(history))
-
-
 def promote(
     settings: Settings,
     client: Any,
@@ -217,8 +200,9 @@ def promote(
     Manual: a person decided (`reason` required); the comparison is computed for the
     record when the store answers, never as a condition. Automatic: GateFailed unless
     auto-promotion is on, enough labelled pairs exist and the comparison passed.
+    `store` holds the shadow scores and the alias history (migrated).
     """
-    from pipeline.registry import move_alias
+    from pipeline.registry import move_alias, remove_alias
 
     name = settings.registration.model_name
     registry = settings.environment.registry
@@ -260,13 +244,17 @@ def promote(
         if summary["verdict"] != "passed":
             raise GateFailed(f"not promoted: {counts}; {summary['reason']}")
         event_reason = f"{AUTOMATIC_PREFIX}: {counts}; {summary['reason']}"
-    event = move_alias(client, name, alias, challenger, reason=event_reason, actor=actor)
-    _remove_alias(
+    event = move_alias(
+        client, store, name, alias, challenger, reason=event_reason, actor=actor, expected=champion
+    )
+    remove_alias(
         client,
+        store,
         name,
         challenger_alias,
         f"promoted to @{alias} (version {challenger})",
         actor,
+        expected=challenger,
     )
     return {
         "status": "promoted",
@@ -365,6 +353,7 @@ def promote_command(root: Path | None, env: str | None, manual: bool, reason: st
         settings = settings_for(root, env)
         store = ScoreStore(settings.store_url)
         try:
+            store.migrate()  # the alias history's tables
             result = promote(
                 settings,
                 _client(settings),

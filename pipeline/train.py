@@ -2,7 +2,8 @@
 
 The fitted features and the estimator are joined in one scikit-learn Pipeline and
 saved as an MLflow model with its signature and an input example, so whoever loads
-it (report, register, the REST service) needs nothing else to compute a score.
+it (report, register, the REST service, `mlflow models serve`) needs nothing else to
+compute a score: not even this package (`pipeline.saved_model`).
 """
 
 from __future__ import annotations
@@ -65,32 +66,6 @@ def predict_proba(model: Pipeline, frame: pd.DataFrame, inputs: list[str]) -> np
     return model.predict_proba(frame[inputs])[:, 1]
 
 
-def trusted_types(model: Pipeline) -> list[str]:
-    """Types skops must be told to trust: exactly those in the model this process just built.
-
-    MLflow saves scikit-learn models with skops (no arbitrary pickle code on load); types
-    outside skops' safe list, such as our own feature transformer, must be named.
-    """
-    import skops.io
-
-    return sorted(skops.io.get_untrusted_types(data=skops.io.dumps(model)))
-
-
-def pip_requirements() -> list[str]:
-    """What the model needs to load, pinned to what trained it.
-
-    Given explicitly because MLflow otherwise infers them by loading the model in a
-    fresh Python subprocess, which costs seconds in every train and register.
-    `crispml` carries the feature transformer the pipeline pickles by reference.
-    """
-    from importlib.metadata import version
-
-    return [
-        f"{name}=={version(name)}"
-        for name in ("crispml", "scikit-learn", "numpy", "pandas", "skops")
-    ]
-
-
 def synthetic_example(frame: pd.DataFrame, rows: int = 5) -> pd.DataFrame:
     """Rows that show the model's input types without being anybody's record.
 
@@ -124,6 +99,7 @@ def save_model(model: Pipeline, train: pd.DataFrame, settings: Settings, path) -
     from mlflow.models import infer_signature
 
     from pipeline.io import atomic_dir
+    from pipeline.saved_model import save_options
 
     inputs = settings.model_inputs
     example = synthetic_example(train[inputs])
@@ -136,9 +112,7 @@ def save_model(model: Pipeline, train: pd.DataFrame, settings: Settings, path) -
             str(tmp),
             signature=signature,
             input_example=example,
-            pyfunc_predict_fn="predict_proba",
-            skops_trusted_types=trusted_types(model),
-            pip_requirements=pip_requirements(),
+            **save_options(model),
         )
 
 

@@ -186,7 +186,7 @@ def ci_project(tmp_path_factory: pytest.TempPathFactory):
     from pipeline.config import load_settings
     from pipeline.label import clean_truth
     from pipeline.score import score_rows
-    from pipeline.store import ScoreStore, batch_score_id, utcnow
+    from pipeline.store import ScoreStore, new_score_id, utcnow
     from tests.conftest import copy_project, set_param
 
     root = copy_project(tmp_path_factory.mktemp("ct") / "project", rows=12_000, fraud_rate=0.05)
@@ -216,7 +216,10 @@ def ci_project(tmp_path_factory: pytest.TempPathFactory):
         version = ct.register_candidate(
             client, settings, champion, verdict, "initial", tracking.ensure_experiment(settings)
         )
-        registry.move_alias(client, settings.registration.model_name, "dev", version, reason="test")
+        with registry.history_store(settings) as history:
+            registry.move_alias(
+                client, history, settings.registration.model_name, "dev", version, reason="test"
+            )
         store = ScoreStore(settings.store_url)
         store.migrate()
         name = settings.registration.model_name
@@ -242,7 +245,7 @@ def ci_project(tmp_path_factory: pytest.TempPathFactory):
                     {
                         **lineage,
                         **r,
-                        "score_id": batch_score_id("dev", name, version, r["record_id"]),
+                        "score_id": new_score_id(),
                     }
                     for r in scored.to_dict("records")
                 ]
@@ -329,7 +332,8 @@ def test_ci_run_retrains_on_the_window_of_store_labels_when_verify_fails(ci_proj
     if result["promoted"]:
         assert outcome.exit_code == 0, outcome.output
         assert str(holder.version) == result["candidate_version"]
-        history = registry.alias_history(client, name, "dev")
+        with registry.history_store(settings) as store:
+            history = registry.alias_history(client, store, name, "dev")
         assert history[-1]["reason"].startswith("continuous training (verify_failed)")
     else:
         assert outcome.exit_code == 5

@@ -55,3 +55,79 @@ def test_ingest_splits_every_row_into_exactly_one_frame(settings) -> None:
     assert sorted(frames) == list(range(1, 13))
     assert sum(len(f) for f in frames.values()) == len(raw) == summary["rows"]
     assert summary["positives"] == int(raw["Class"].sum())
+
+
+# --- the privacy filter's first half runs before ingest writes anything -----------------
+
+KEY = b"ingest-test-pseudonymisation-key-32+bytes"
+
+
+def _keyed(settings, pseudonymise_ids: bool = True):
+    privacy = settings.environment.privacy.model_copy(update={"pseudonymise_ids": pseudonymise_ids})
+    environment = settings.environment.model_copy(update={"privacy": privacy})
+    return settings.model_copy(update={"environment": environment})
+
+
+def test_ingest_drops_direct_identifiers_and_keys_ids(settings) -> None:
+    from pipeline.privacy import pseudonymise
+
+    raw = generate(settings.generator.model_copy(update={"rows": 600}), settings.frames.count)
+    frames, summary = ingest(raw, _keyed(settings), key=KEY)
+    data = pd.concat(frames.values(), ignore_index=True)
+    assert "card_number" not in data.columns
+    assert set(data["transaction_id"]) == set(pseudonymise(raw["transaction_id"], KEY))
+    assert data["transaction_id"].str.fullmatch("[0-9a-f]{32}").all()
+    assert summary["privacy"] == {
+        "dropped_columns": ["card_number"],
+        "pseudonymised_columns": ["transaction_id"],
+    }
+    # The ids are raw only where the environment says so (dev: synthetic data, no key).
+    plain, summary = ingest(raw, settings)
+    assert set(pd.concat(plain.values())["transaction_id"]) == set(raw["transaction_id"])
+    assert summary["privacy"]["pseudonymised_columns"] == []
+
+
+def test_ingest_without_the_key_fails_before_writing(project, settings, monkeypatch) -> None:
+    from pipeline.errors import ConfigError
+    from pipeline.ingest import run
+
+    monkeypatch.delenv("CRISPML_PSEUDONYMISATION_KEY", raising=False)
+    with pytest.raises(ConfigError, match="CRISPML_PSEUDONYMISATION_KEY"):
+        run(_keyed(settings))
+    assert not (project / "data" / "ingested").exists()
+    with pytest.raises(ConfigError, match="no key"):
+        ingest(generate(settings.generator, settings.frames.count), _keyed(settings))
+
+
+def test_derived_ids_hash_no_identifier(settings) -> None:
+    """An unkeyed hash of the name would let anyone holding the prepared row try names."""
+    raw = generate(settings.generator.model_copy(update={"rows": 400}), settings.frames.count)
+    raw = raw.drop(columns=["transaction_id"])
+    other = raw.copy()
+    other["card_number"] = "4000000000000002"
+    other["customer_age"] = 77
+    other["postcode"] = "99999"
+    ids = pd.concat(ingest(raw, settings)[0].values())["transaction_id"]
+    again = pd.concat(ingest(other, settings)[0].values())["transaction_id"]
+    assert ids.str.fullmatch(r"r[0-9a-f]{16}-\d+").all()
+    assert ids.tolist() == again.tolist()
+
+
+def test_rows_that_differ_only_in_a_direct_identifier_are_not_duplicates(settings) -> None:
+    """Ingest marks the repeats while it still sees the identifiers; prepare drops them."""
+    from pipeline.config import Prepare
+    from pipeline.ingest import REPEATED
+    from pipeline.prepare import prepare
+
+    raw = generate(settings.generator.model_copy(update={"rows": 300}), settings.frames.count)
+    resent = raw.iloc[[5]].assign(transaction_id="tx-resent")  # the same payment twice
+    second_card = raw.iloc[[9]].assign(transaction_id="tx-other", card_number="4000000000000002")
+    frames, summary = ingest(pd.concat([raw, resent, second_card]), settings)
+    data = pd.concat(frames.values(), ignore_index=True)
+    assert int(data[REPEATED].sum()) == 1
+    out, report = prepare(
+        data, settings.contract, Prepare(), settings.environment.privacy, summary["privacy"]
+    )
+    assert report["cleaning"]["duplicates_dropped"] == 1
+    assert {"tx-other", raw["transaction_id"].iloc[9]} <= set(out["transaction_id"])
+    assert "tx-resent" not in set(out["transaction_id"]) and REPEATED not in out.columns

@@ -158,3 +158,127 @@ def test_second_repro_is_a_no_op_and_plots_render(reproduced: Path) -> None:
     page = (out / "index.html").read_text()
     for title in ("Precision-recall curve", "ROC curve", "Confusion matrix", "Calibration"):
         assert title in page
+
+
+def _file_digests(folder: Path) -> dict[str, str]:
+    import hashlib
+
+    return {
+        path.relative_to(folder).as_posix(): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(folder.rglob("*"))
+        if path.is_file()
+    }
+
+
+def test_the_registered_model_is_the_artifact_train_wrote(reproduced: Path, tmp_path) -> None:
+    """Byte for byte, MLmodel included: register logs train's folder, never a re-save."""
+    import mlflow.artifacts
+
+    from pipeline.tracking import pointed_at
+
+    uri = f"sqlite:///{reproduced / 'mlflow.db'}"
+    with pointed_at(uri):
+        local = Path(
+            mlflow.artifacts.download_artifacts(
+                artifact_uri="models:/crispml-fraud@dev", dst_path=str(tmp_path)
+            )
+        )
+    trained = _file_digests(reproduced / "data" / "models" / "model")
+    registered = _file_digests(local)
+    # MLflow adds one file of its own when it downloads a registered version.
+    registered.pop("registered_model_meta", None)
+    assert trained and registered == trained
+    # The receipt and the version's tag name the same artifact.
+    from mlflow import MlflowClient
+
+    from pipeline.registry import ARTIFACT_TAG, artifact_hash
+
+    receipt = json.loads((reproduced / "reports" / "registered.json").read_text())
+    version = MlflowClient(tracking_uri=uri, registry_uri=uri).get_model_version(
+        "crispml-fraud", receipt["candidate_version"]
+    )
+    assert receipt["artifact_sha256"] == artifact_hash(reproduced / "data" / "models" / "model")
+    assert version.tags[ARTIFACT_TAG] == receipt["artifact_sha256"]
+
+
+def test_mlflow_serves_the_registered_model_without_crispml(reproduced: Path, tmp_path) -> None:
+    """`mlflow models serve -m models:/<name>@dev` from a fresh venv that has no crispml.
+
+    The venv gets the locked third-party packages only (pip's cache makes that quick
+    after the project's own install); the server runs outside the project folder, so
+    `pipeline` cannot be imported from the working directory either.
+    """
+    import socket
+    import sys
+    import time
+    import urllib.request
+
+    lock = Path(__file__).resolve().parents[1] / "requirements.lock"
+    venv = tmp_path / "venv"
+    run([sys.executable, "-m", "venv", str(venv)], tmp_path)
+    python = venv / "bin" / "python"
+    run(
+        [
+            str(python),
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--require-hashes",
+            "--no-deps",
+            "-r",
+            str(lock),
+        ],
+        tmp_path,
+    )
+    probe = subprocess.run(
+        [str(python), "-c", "import pipeline"], cwd=tmp_path, capture_output=True, text=True
+    )
+    assert probe.returncode != 0 and "No module named 'pipeline'" in probe.stderr
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    uri = f"sqlite:///{reproduced / 'mlflow.db'}"
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("MLFLOW_", "PYTHON", "VIRTUAL_ENV"))
+    }
+    env |= {
+        "MLFLOW_TRACKING_URI": uri,
+        "MLFLOW_REGISTRY_URI": uri,
+        "PATH": f"{venv / 'bin'}:{env.get('PATH', '')}",
+    }
+    command = [str(venv / "bin" / "mlflow"), "models", "serve", "-m", "models:/crispml-fraud@dev"]
+    command += ["--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)]
+    log = (tmp_path / "serve.log").open("w")
+    server = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        example = json.loads(
+            (reproduced / "data" / "models" / "model" / "serving_input_example.json").read_text()
+        )
+        body = json.dumps(example).encode()
+        deadline, answer = time.monotonic() + 120, None
+        while time.monotonic() < deadline and server.poll() is None:
+            request = urllib.request.Request(
+                f"http://127.0.0.1:{port}/invocations",
+                data=body,
+                headers={"Content-Type": "application/json"},
+            )
+            try:
+                with urllib.request.urlopen(request, timeout=10) as response:
+                    answer = json.loads(response.read())
+                    break
+            except OSError:
+                time.sleep(1)
+        assert answer is not None, (tmp_path / "serve.log").read_text()[-3000:]
+        predictions = answer["predictions"]
+        assert len(predictions) == 5 and all(len(row) == 2 for row in predictions)
+        assert all(abs(sum(row) - 1.0) < 1e-6 for row in predictions)
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        log.close()

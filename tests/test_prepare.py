@@ -8,13 +8,20 @@ from pipeline.contract import validate
 from pipeline.errors import DataError
 from pipeline.generator import generate
 from pipeline.prepare import prepare
+from pipeline.privacy import minimise
+
+DROPPED = {"dropped_columns": ["card_number"], "pseudonymised_columns": []}
 
 
 @pytest.fixture
 def data(settings):
-    return validate(
+    """Validated data as ingest writes it: already without the direct identifier."""
+    raw = validate(
         generate(settings.generator.model_copy(update={"rows": 500}), 12), settings.contract
     )
+    minimised, done = minimise(raw, settings.contract, settings.environment.privacy, None)
+    assert done == DROPPED
+    return minimised
 
 
 def test_duplicates_are_dropped_and_counted(data, settings) -> None:
@@ -45,7 +52,7 @@ def test_quasi_identifiers_leave_prepared_data_unless_a_slice_reads_them(data, s
     privacy = settings.environment.privacy
     needed = needed_columns(settings)
     assert not {"customer_age", "postcode"} & needed
-    out, report = prepare(data, settings.contract, Prepare(), privacy, None, needed)
+    out, report = prepare(data, settings.contract, Prepare(), privacy, DROPPED, needed)
     assert not {"customer_age", "postcode"} & set(out.columns)
     assert set(settings.model_inputs) <= set(out.columns)
     assert report["dropped_quasi_identifiers"] == ["customer_age", "postcode"]
@@ -55,3 +62,21 @@ def test_quasi_identifiers_leave_prepared_data_unless_a_slice_reads_them(data, s
     assert "postcode" in needed_columns(sliced)
     out, _ = prepare(data, settings.contract, Prepare(), privacy, None, needed_columns(sliced))
     assert "postcode" in out.columns and "customer_age" not in out.columns
+
+
+def test_data_the_filter_did_not_minimise_is_refused(settings) -> None:
+    """`crispml prepare` by hand on older ingested data must not pass raw values on."""
+    from pipeline.errors import ConfigError
+
+    raw = validate(
+        generate(settings.generator.model_copy(update={"rows": 300}), 12), settings.contract
+    )
+    privacy = settings.environment.privacy
+    with pytest.raises(ConfigError, match=r"direct identifiers \['card_number'\]"):
+        prepare(raw, settings.contract, Prepare(), privacy, {})
+    keyed = privacy.model_copy(update={"pseudonymise_ids": True})
+    data = raw.drop(columns=["card_number"])
+    with pytest.raises(ConfigError, match="pseudonymise_ids is on"):
+        prepare(data, settings.contract, Prepare(), keyed, DROPPED)
+    with pytest.raises(ConfigError, match="pseudonymise_ids is off"):
+        prepare(data, settings.contract, Prepare(), privacy, {"pseudonymised_columns": ["x"]})

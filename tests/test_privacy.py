@@ -7,12 +7,13 @@ import pytest
 from pipeline.config import Generalise, Privacy
 from pipeline.errors import ConfigError, DataError
 from pipeline.privacy import (
-    apply_privacy,
     classes_to_hide,
     decile_edges,
     generalise,
     generalise_to_bands,
     k_anonymity,
+    minimise,
+    protect_quasi_identifiers,
     pseudonymisation_key,
     pseudonymise,
 )
@@ -33,6 +34,10 @@ def test_generalisation_bands_and_prefixes() -> None:
         "30-39",
     ]
     assert generalise(pd.Series(["75011"]), Generalise(keep_prefix=2)).tolist() == ["75***"]
+    # A gap stays a gap, not the text "None" cut to "No**" (a class of its own).
+    gaps = pd.Series(["75011", None, np.nan], dtype=object)
+    coarse = generalise(gaps, Generalise(keep_prefix=2))
+    assert coarse[0] == "75***" and coarse[1:].isna().all()
 
 
 def test_k_anonymity_is_the_smallest_class() -> None:
@@ -48,9 +53,10 @@ def test_filter_drops_identifiers_pseudonymises_and_reaches_min_k(settings) -> N
         generate(settings.generator.model_copy(update={"rows": 3000}), 12), settings.contract
     )
     privacy = settings.environment.privacy.model_copy(update={"pseudonymise_ids": True, "min_k": 5})
-    out, report = apply_privacy(data, settings.contract, privacy, b"test-key")
+    minimised, done = minimise(data, settings.contract, privacy, b"test-key" * 4)
+    out, report = protect_quasi_identifiers(minimised, settings.contract, privacy)
     assert "card_number" not in out.columns
-    assert report["dropped_columns"] == ["card_number"]
+    assert done == {"dropped_columns": ["card_number"], "pseudonymised_columns": ["transaction_id"]}
     assert not out["transaction_id"].str.startswith("tx").any()
     assert out["transaction_id"].is_unique
     assert report["k_anonymity"] >= 5
@@ -93,12 +99,12 @@ def test_the_suppressed_rows_never_form_a_class_below_min_k(settings) -> None:
     """Suppressing only the two rows of the small class would leave a "*" class of 2."""
     data = _people([(25, "75011", 5), (35, "69001", 6), (45, "13001", 2)])
     privacy = Privacy(generalise=QUASI_RULES, min_k=5)
-    _, report = apply_privacy(data, settings.contract, privacy, None)
+    _, report = protect_quasi_identifiers(data, settings.contract, privacy)
     assert report["k_anonymity"] == 6 >= report["min_k"]
     # The small class and the smallest class at min_k: 2 + 5 rows.
     assert report["suppressed_rows"] == 7 and report["suppressed_classes"] == 2
     assert report["suppressed_rows_of_classes_at_min_k"] == 5
-    out, _ = apply_privacy(data, settings.contract, privacy, None, needed=["customer_age"])
+    out, _ = protect_quasi_identifiers(data, settings.contract, privacy, needed=["customer_age"])
     assert k_anonymity(out, ["customer_age"]) == (6, 2) and len(out) == len(data)
 
 
@@ -106,7 +112,7 @@ def test_too_few_rows_for_min_k_fail_without_showing_raw_values(settings) -> Non
     data = _people([(25, "75011", 2), (35, "69001", 1)])
     privacy = Privacy(generalise={"customer_age": Generalise(bin_width=10)}, min_k=5)
     with pytest.raises(DataError) as error:
-        apply_privacy(data, settings.contract, privacy, None)
+        protect_quasi_identifiers(data, settings.contract, privacy)
     message = str(error.value)
     assert error.value.exit_code == 4
     assert "k-anonymity >= 5" in message and "3 rows with" in message
@@ -143,7 +149,7 @@ def test_any_data_ends_at_min_k_or_fails(settings) -> None:
     for seed in range(40):
         data, privacy = _random_people(seed)
         try:
-            _, report = apply_privacy(data, settings.contract, privacy, None)
+            _, report = protect_quasi_identifiers(data, settings.contract, privacy)
         except DataError:
             assert len(data) < privacy.min_k, seed
             continue
@@ -151,7 +157,7 @@ def test_any_data_ends_at_min_k_or_fails(settings) -> None:
         kept.append((data, privacy, report["k_anonymity"]))
     needed = ["customer_age", "postcode"]
     for data, privacy, k in kept:
-        out, _ = apply_privacy(data, settings.contract, privacy, None, needed=needed)
+        out, _ = protect_quasi_identifiers(data, settings.contract, privacy, needed=needed)
         assert k_anonymity(out, needed)[0] == k and len(out) == len(data)
 
 
@@ -163,8 +169,8 @@ def test_a_numeric_quasi_identifier_without_a_rule_gets_decile_bands(settings) -
     data = _people([(age, "75011", 3) for age in range(20, 80)])
     data["customer_age"] = data["customer_age"].astype("float64")
     privacy = Privacy(generalise={"postcode": Generalise(keep_prefix=2)}, min_k=5)
-    _, report = apply_privacy(data, settings.contract, privacy, None)
-    out, _ = apply_privacy(data, settings.contract, privacy, None, needed=["customer_age"])
+    _, report = protect_quasi_identifiers(data, settings.contract, privacy)
+    out, _ = protect_quasi_identifiers(data, settings.contract, privacy, needed=["customer_age"])
     rule = report["generalised_columns"]["customer_age"]
     assert rule["default"] == "decile bands" and len(rule["edges"]) == 9
     # Open first and last bands: neither the minimum (20) nor the maximum (79) shows.
@@ -185,10 +191,10 @@ def test_decile_bands_keep_missing_values_missing() -> None:
 def test_a_text_quasi_identifier_without_a_rule_is_suppressed_where_needed(settings) -> None:
     data = _people([(25, "75011", 6), (25, "69001", 2), (25, "13001", 5)])
     privacy = Privacy(generalise={"customer_age": Generalise(bin_width=10)}, min_k=5)
-    _, report = apply_privacy(data, settings.contract, privacy, None)
+    _, report = protect_quasi_identifiers(data, settings.contract, privacy)
     assert report["k_anonymity"] == 6
     assert report["not_generalised_quasi_identifiers"] == ["postcode"]
-    out, _ = apply_privacy(data, settings.contract, privacy, None, needed=["postcode"])
+    out, _ = protect_quasi_identifiers(data, settings.contract, privacy, needed=["postcode"])
     assert out["postcode"].value_counts().to_dict() == {"*": 7, "75011": 6}
 
 
@@ -198,11 +204,11 @@ def test_a_text_quasi_identifier_without_a_rule_is_suppressed_where_needed(setti
 def test_quasi_identifiers_nothing_reads_are_dropped_after_the_report(settings) -> None:
     data = _people([(25, "75011", 6), (35, "69001", 6)])
     privacy = Privacy(generalise=QUASI_RULES, min_k=5)
-    out, report = apply_privacy(data, settings.contract, privacy, None)
+    out, report = protect_quasi_identifiers(data, settings.contract, privacy)
     assert not {"customer_age", "postcode"} & set(out.columns)
     assert report["dropped_quasi_identifiers"] == ["customer_age", "postcode"]
     assert report["k_anonymity"] == 6
     assert report["quasi_identifiers"] == ["customer_age", "postcode"]
-    kept, report = apply_privacy(data, settings.contract, privacy, None, needed={"postcode"})
+    kept, report = protect_quasi_identifiers(data, settings.contract, privacy, needed={"postcode"})
     assert "postcode" in kept.columns and "customer_age" not in kept.columns
     assert report["dropped_quasi_identifiers"] == ["customer_age"]

@@ -7,6 +7,11 @@ left is searched: every file of the project (reports, data, dvc.lock, the DVC ca
 MLflow artifacts; Parquet decoded), every table of the store and of MLflow (params,
 tags, model versions, experiments), and the commands' output. The server trusts local
 connections, so a wrong password still connects: the passwords are pure markers.
+
+The same run carries planted personal data (issue 9, item 3): the source has a name
+column, declared a direct identifier, and raw transaction ids, both marked, and the
+environment's privacy filter is fully on. The same search finds neither anywhere; the
+source table, where they were planted, shows that the search would.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import uuid
 import pytest
 
 from tests.conftest import copy_project, postgres_url
-from tests.secret_scan import find_in_database, find_in_files
+from tests.secret_scan import declare_name, find_in_database, find_in_files, plant_personal_data
 
 pytestmark = [
     pytest.mark.slow,
@@ -64,11 +69,19 @@ def planted_run(tmp_path_factory: pytest.TempPathFactory):
             conn.execute(sa.text(f"CREATE SCHEMA {schema}"))
 
     root = copy_project(tmp_path_factory.mktemp("secrets") / "project")
+    params = root / "params.yaml"
+    # Ground truth arrives with the raw ids too: label must key them to join.
+    truth = (
+        "label:\n  source:\n    kind: sql\n"
+        f"    url_env: {SOURCE_VARIABLE}\n"
+        '    query: select transaction_id as id, "Class" as label from transactions\n'
+    )
+    text = params.read_text().replace("label:\n  source:\n    kind: target", truth, 1)
+    params.write_text(declare_name(text.replace(f"{truth}  # target | file | sql\n", truth)))
     settings = load_settings(root)
     source = sa.create_engine(urls["source"])
-    generate(settings.generator, settings.frames.count).to_sql(
-        "transactions", source, index=False, chunksize=2000
-    )
+    planted, markers = plant_personal_data(generate(settings.generator, settings.frames.count), tag)
+    planted.to_sql("transactions", source, index=False, chunksize=2000)
     source.dispose()
     overlay = root / "environments" / "dev" / "params.yaml"
     text = overlay.read_text()
@@ -99,7 +112,7 @@ def planted_run(tmp_path_factory: pytest.TempPathFactory):
             done = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True)
             logs.append(f"$ {' '.join(cmd)}\n{done.stdout}\n{done.stderr}")
             assert done.returncode == 0, logs[-1][-4000:]
-        yield root, secrets, urls, "\n".join(logs)
+        yield root, secrets, urls, "\n".join(logs), markers
     finally:
         with admin.begin() as conn:
             for schema in schemas.values():
@@ -111,7 +124,7 @@ def test_the_run_used_every_planted_secret(planted_run) -> None:
     """Otherwise finding nothing would prove nothing."""
     import json
 
-    root, _, _, logs = planted_run
+    root, _, _, logs, _ = planted_run
     ingest = json.loads((root / "reports" / "ingest.json").read_text())
     assert ingest["source"] == f"sql:{SOURCE_VARIABLE}"
     registered = json.loads((root / "reports" / "registered.json").read_text())
@@ -123,13 +136,13 @@ def test_the_run_used_every_planted_secret(planted_run) -> None:
 
 
 def test_no_file_of_the_run_holds_a_secret(planted_run) -> None:
-    root, secrets, _, _ = planted_run
+    root, secrets, _, _, _ = planted_run
     # params.yaml and the overlay name variables, never values; .git is the empty repo.
     assert find_in_files(root, secrets.values(), skip=[".git"]) == []
 
 
 def test_no_row_of_the_store_or_of_mlflow_holds_a_secret(planted_run) -> None:
-    _, secrets, urls, _ = planted_run
+    _, secrets, urls, _, _ = planted_run
     assert find_in_database(urls["store"], secrets.values()) == []
     # params, metrics, tags, runs, experiments (artifact locations), model versions.
     found = find_in_database(urls["mlflow"], secrets.values())
@@ -137,5 +150,51 @@ def test_no_row_of_the_store_or_of_mlflow_holds_a_secret(planted_run) -> None:
 
 
 def test_no_output_of_the_commands_holds_a_secret(planted_run) -> None:
-    _, secrets, _, logs = planted_run
+    _, secrets, _, logs, _ = planted_run
     assert [name for name, value in secrets.items() if value in logs] == []
+
+
+# --- personal data (issue 9, item 3) ---------------------------------------------------
+
+
+def test_the_filter_ran_on_the_planted_personal_data(planted_run) -> None:
+    """Otherwise finding nothing would prove nothing: the markers are in the source, the
+    cache and the store are not empty, ingest itself dropped and keyed, and the ground
+    truth, read with raw ids, joined every keyed score."""
+    import json
+
+    import sqlalchemy as sa
+
+    from pipeline.store.pseudonymise import looks_pseudonymised
+
+    root, _, urls, _, markers = planted_run
+    planted = find_in_database(urls["source"], markers.values())
+    assert sorted(planted) == sorted(f"transactions: {m}" for m in markers.values())
+    ingest = json.loads((root / "reports" / "ingest.json").read_text())
+    assert ingest["privacy"] == {
+        "dropped_columns": ["card_number", "customer_name"],
+        "pseudonymised_columns": ["transaction_id"],
+    }
+    assert sum(1 for p in (root / ".dvc" / "cache").rglob("*") if p.is_file()) > 10
+    engine = sa.create_engine(urls["store"])
+    try:
+        with engine.connect() as conn:
+            scored = conn.execute(sa.text("select record_id from scores")).scalars().all()
+            labelled = conn.execute(sa.text("select count(*) from labels")).scalar_one()
+    finally:
+        engine.dispose()
+    assert scored and all(looks_pseudonymised(r) for r in scored) and labelled == len(scored)
+    for frame in range(7, 13):
+        imported = json.loads((root / "reports" / "labels" / f"frame_{frame}.json").read_text())
+        assert imported["source"] == f"sql:{SOURCE_VARIABLE}"
+        assert imported["waiting"] == 0 < imported["labeled"], imported
+
+
+def test_no_artifact_of_the_run_holds_a_name_or_a_raw_id(planted_run) -> None:
+    """data/ingested and data/prepared, the DVC cache, MLflow (database and artifacts),
+    the store, reports/ and the commands' output."""
+    root, _, urls, logs, markers = planted_run
+    assert find_in_files(root, markers.values(), skip=[".git"]) == []
+    assert find_in_database(urls["store"], markers.values()) == []
+    assert find_in_database(urls["mlflow"], markers.values()) == []
+    assert [name for name, value in markers.items() if value in logs] == []

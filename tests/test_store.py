@@ -3,21 +3,26 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
 
+from pipeline.errors import ConfigError
 from pipeline.store import (
     MIGRATIONS,
     ScoreStore,
-    batch_score_id,
     new_score_id,
     shadow_score_id,
     utcnow,
 )
 from tests.conftest import postgres_url
+
+HEAD = "0004"
 
 
 def _stores():
@@ -35,29 +40,46 @@ def _stores():
     )
 
 
+@dataclass(frozen=True)
+class StoreTarget:
+    """Where a test's store lives: enough for another process to open the same one."""
+
+    url: str
+    engine_kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def open(self) -> ScoreStore:
+        return ScoreStore(self.url, **self.engine_kwargs)
+
+
 @pytest.fixture(params=list(_stores()))
-def store(request, tmp_path: Path):
+def store_target(request, tmp_path: Path) -> Iterator[StoreTarget]:
     if request.param == "sqlite":
-        target = ScoreStore(f"sqlite:///{tmp_path / 'scores.db'}")
-    else:
-        # A schema of its own per test, so runs never see each other's rows.
-        schema = f"t_{uuid.uuid4().hex[:10]}"
-        admin = sa.create_engine(postgres_url())
-        with admin.begin() as conn:
-            conn.execute(sa.text(f"CREATE SCHEMA {schema}"))
-        target = ScoreStore(postgres_url(), connect_args={"options": f"-csearch_path={schema}"})
-    target.migrate()
-    yield target
-    target.dispose()
-    if request.param == "postgresql":
+        yield StoreTarget(f"sqlite:///{tmp_path / 'scores.db'}")
+        return
+    # A schema of its own per test, so runs never see each other's rows.
+    schema = f"t_{uuid.uuid4().hex[:10]}"
+    admin = sa.create_engine(postgres_url())
+    with admin.begin() as conn:
+        conn.execute(sa.text(f"CREATE SCHEMA {schema}"))
+    try:
+        yield StoreTarget(postgres_url(), {"connect_args": {"options": f"-csearch_path={schema}"}})
+    finally:
         with admin.begin() as conn:
             conn.execute(sa.text(f"DROP SCHEMA {schema} CASCADE"))
         admin.dispose()
 
 
+@pytest.fixture
+def store(store_target: StoreTarget) -> Iterator[ScoreStore]:
+    target = store_target.open()
+    target.migrate()
+    yield target
+    target.dispose()
+
+
 def _row(record: str, version: str = "1", frame: int = 7, score: float = 0.4) -> dict:
     return {
-        "score_id": batch_score_id("dev", "m", version, record),
+        "score_id": new_score_id(),
         "record_id": record,
         "frame": frame,
         "score": score,
@@ -75,17 +97,56 @@ def _row(record: str, version: str = "1", frame: int = 7, score: float = 0.4) ->
 
 
 def test_schema_is_versioned_and_migrating_twice_is_harmless(store) -> None:
-    assert store.migrate() == "0002"
-    assert store.migrate() == "0002"
+    assert store.migrate() == HEAD
+    assert store.migrate() == HEAD
 
 
 def test_rescoring_the_same_records_adds_nothing(store) -> None:
     rows = [_row(f"r{i}") for i in range(50)]
     assert store.insert_scores(rows) == 50
     assert store.insert_scores(rows) == 0
+    # A re-run draws new random ids for the same records: still nothing added.
+    assert store.insert_scores([_row(f"r{i}") for i in range(50)]) == 0
     assert store.count_scores() == 50
     # Another model version is another score of the same record: kept, for the audit.
     assert store.insert_scores([_row("r1", version="2")]) == 1
+
+
+def test_batch_score_ids_are_random_and_a_rerun_returns_the_stored_ones(store) -> None:
+    first = [_row(f"r{i}") for i in range(1200)]  # more than one lookup chunk
+    added, ids = store.store_batch_scores(first)
+    assert added == 1200 and ids == [row["score_id"] for row in first]
+    again = [_row(f"r{i}") for i in range(1300)]
+    added, ids = store.store_batch_scores(again)
+    assert added == 100 and store.count_scores() == 1300
+    assert ids[:1200] == [row["score_id"] for row in first]  # the stored ids, not new ones
+    assert ids[1200:] == [row["score_id"] for row in again[1200:]]
+    assert store.get_score(ids[5])["record_id"] == "r5"
+    # An online score of the same record is another score, never swallowed by the batch.
+    online = {**_row("r1"), "channel": "api"}
+    assert store.insert_scores([online]) == 1
+
+
+def test_the_sqlite_durability_level_comes_from_the_url(tmp_path: Path) -> None:
+    """NORMAL unless the URL asks for FULL (or EXTRA); the store keeps WAL either way."""
+
+    def pragmas(store: ScoreStore) -> tuple[int, str]:
+        with store.engine.connect() as conn:
+            level = conn.exec_driver_sql("PRAGMA synchronous").scalar_one()
+            journal = conn.exec_driver_sql("PRAGMA journal_mode").scalar_one()
+        store.dispose()
+        return level, journal
+
+    default = ScoreStore(f"sqlite:///{tmp_path / 'default.db'}")
+    assert default.sqlite_synchronous == "NORMAL"
+    assert pragmas(default) == (1, "wal")
+    full = ScoreStore(f"sqlite:///{tmp_path / 'sub' / 'full.db'}?synchronous=full")
+    assert full.sqlite_synchronous == "FULL"
+    assert full.migrate() == HEAD  # the parameter is the store's, never the driver's
+    assert pragmas(full) == (2, "wal")
+    assert (tmp_path / "sub" / "full.db").is_file()
+    with pytest.raises(ConfigError, match="synchronous='OFF' is not one of NORMAL, FULL"):
+        ScoreStore(f"sqlite:///{tmp_path / 'off.db'}?synchronous=OFF")
 
 
 def test_labels_upsert_and_join_with_scores(store) -> None:
@@ -104,7 +165,7 @@ def test_labels_upsert_and_join_with_scores(store) -> None:
     assert dict(zip(joined["record_id"], joined["label"], strict=True)) == {"a": 1, "b": 0}
     everything = store.scores_with_labels("dev", labeled_only=False)
     assert len(everything) == 3
-    stored = store.get_score(batch_score_id("dev", "m", "1", "a"))
+    stored = store.get_score(joined.set_index("record_id").loc["a", "score_id"])
     assert stored["label"] == 1 and stored["git_commit"] == "c" * 40 and stored["frame"] == 7
     assert store.get_score("nope") is None
 
@@ -139,7 +200,7 @@ def test_upgrading_a_0001_store_keeps_its_rows_as_answered_scores(store) -> None
             ),
             old,
         )
-    assert store.migrate() == "0002"
+    assert store.migrate() == HEAD
     stored = store.get_score(old["score_id"])
     assert stored["shadow"] is False or stored["shadow"] == 0
     assert stored["shadow_of"] is None

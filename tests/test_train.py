@@ -44,7 +44,7 @@ def test_the_model_carries_its_features(settings, splits) -> None:
     # Raw contract columns in, probabilities out: no feature code outside the model.
     assert model.predict_proba(raw).shape == (len(raw), 2)
     names = list(model.named_steps["features"].get_feature_names_out())
-    assert "Time_sin" in names and "Amount" in names
+    assert "sin__Time" in names and "cos__Time" in names and "Amount" in names
 
 
 def test_the_saved_input_example_is_no_training_row(settings, splits, tmp_path) -> None:

@@ -107,6 +107,13 @@ class Settings(Strict):
                     f"curate.features.time_of_day {spec.name!r} must be a datetime, or a number "
                     "with unit: seconds in the contract"
                 )
+            if spec.dtype == "datetime" and spec.nullable:
+                # The model turns a datetime into its nanoseconds with numpy, where a
+                # missing one (NaT) would be a date in 1677, not a gap.
+                raise ValueError(
+                    f"curate.features.time_of_day {spec.name!r} is a nullable datetime: "
+                    "make it required in the contract, or leave time_of_day unset"
+                )
         return self
 
     @property

@@ -28,6 +28,27 @@ def challenger_alias(settings) -> str | None:
     return settings.environment.registry.challenger_alias
 
 
+def history_store(settings):
+    """The store that keeps the alias history, with a warning when CI did not choose it.
+
+    A CI job that did not run `crispml ci setup` has no CRISPML_STORE_URL, so the
+    history would go to the overlay's default store: a SQLite file inside the job, gone
+    with it. A warning, not a refusal: a rollback during an incident must still work.
+    """
+    from pipeline import registry
+    from pipeline.gitops.setup import STORE_VARIABLE, store_url_variable
+
+    if os.environ.get("CI") and not os.environ.get(STORE_VARIABLE):
+        click.echo(
+            f"warning: {STORE_VARIABLE} is not set in this CI job, so the alias history "
+            f"goes to environments/{settings.env}/params.yaml's store, which a job may not "
+            f"keep: run `crispml ci setup --env-file .crispml/ci.env` and source it first "
+            f"(it applies {store_url_variable(settings.env)})",
+            err=True,
+        )
+    return registry.history_store(settings)
+
+
 # --------------------------------------------------------------------------- alias
 
 
@@ -65,18 +86,20 @@ def alias_promote(root: Path | None, env: str | None) -> None:
                 f"was the pipeline run with `crispml env use {settings.env}`?"
             )
         client = client_for(settings)
-        result = promote(
-            client,
-            settings.registration.model_name,
-            settings.alias,
-            settings.env,
-            decide(receipt),
-            tracking.git_commit(settings.root),
-            actor_from(os.environ),
-            os.environ.get("CI_PIPELINE_URL"),
-            challenger_alias=challenger_alias(settings),
-            lineage=registry.lineage_keys(settings.root),
-        )
+        with history_store(settings) as store:
+            result = promote(
+                client,
+                store,
+                settings.registration.model_name,
+                settings.alias,
+                settings.env,
+                decide(receipt),
+                tracking.git_commit(settings.root),
+                actor_from(os.environ),
+                os.environ.get("CI_PIPELINE_URL"),
+                challenger_alias=challenger_alias(settings),
+                lineage=registry.lineage_keys(settings.root),
+            )
         write_json(settings.root / PROMOTION_FILE, result)
         variables = deploy_variables(settings.registration.model_name, settings.alias, result)
         (settings.root / DEPLOY_ENV_FILE).write_text(
@@ -104,7 +127,11 @@ def alias_promote(root: Path | None, env: str | None) -> None:
 def alias_history_command(
     root: Path | None, env: str | None, alias_name: str | None, as_json: bool
 ) -> None:
-    """Show who moved the alias, when, to which version and why (oldest first)."""
+    """Show who moved the alias, when, to which version and why (oldest first).
+
+    The history is the environment's (its store); an alias another environment moves,
+    such as @qa seen from prod, has its history in that environment's store.
+    """
     from pipeline import registry
     from pipeline.gitops.history import format_history
 
@@ -112,14 +139,16 @@ def alias_history_command(
         settings = settings_for(root, env)
         client = client_for(settings)
         name, alias = settings.registration.model_name, alias_name or settings.alias
-        history = registry.alias_history(client, name, alias)
+        with history_store(settings) as store:
+            history = registry.alias_history(client, store, name, alias)
         holder = registry.alias_holder(client, name, alias)
+        current = None if holder is None else str(holder.version)
         if as_json:
             click.echo(
                 json.dumps(
                     {
                         "alias": alias,
-                        "current": holder.version if holder else None,
+                        "current": current,
                         "history": history,
                     },
                     indent=2,
@@ -127,7 +156,7 @@ def alias_history_command(
             )
             return
         click.echo(f"{name}@{alias}")
-        click.echo(format_history(history, holder.version if holder else None))
+        click.echo(format_history(history, current))
     except CrispError as error:
         fail(error)
 
@@ -149,14 +178,16 @@ def alias_rollback(root: Path | None, env: str | None, to: str | None, reason: s
     try:
         settings = settings_for(root, env)
         client = client_for(settings)
-        result = rollback(
-            client,
-            settings.registration.model_name,
-            settings.alias,
-            actor_from(os.environ),
-            to,
-            reason,
-        )
+        with history_store(settings) as store:
+            result = rollback(
+                client,
+                store,
+                settings.registration.model_name,
+                settings.alias,
+                actor_from(os.environ),
+                to,
+                reason,
+            )
         click.echo(
             f"ROLLED BACK: @{result['alias']} version {result['from']} -> version {result['to']}"
         )

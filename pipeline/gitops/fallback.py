@@ -24,11 +24,10 @@ from pipeline.registered import Fallback
 
 def model_scores(settings, name: str, version: str, test) -> Any:
     """Positive-class probabilities of a registered version on the test frame."""
-    import mlflow.sklearn
-
+    from pipeline.saved_model import load_model
     from pipeline.train import predict_proba
 
-    model = mlflow.sklearn.load_model(f"models:/{name}/{version}")
+    model = load_model(f"models:/{name}/{version}")
     return predict_proba(model, test, settings.model_inputs)
 
 

@@ -7,7 +7,10 @@ go stale:
 * compare-and-set: `register` records which version held the alias when its gate
   judged the candidate (`alias_seen` in reports/registered.json). When the alias holds
   another version now (a concurrent pipeline promoted meanwhile), the verdict compared
-  against a champion that no longer serves, and promote refuses;
+  against a champion that no longer serves, and promote refuses. The move itself is a
+  second compare-and-set (`pipeline.registry.move_alias`, `expected`): the alias it
+  moves must still hold what promote read at its start, checked under the history's
+  lock, so a promotion landing in between is refused rather than recorded out of order;
 * the version must come from this commit, or from the same lineage (pipeline code,
   params, dvc.yaml and data hashes, see `pipeline.registry.lineage_keys`);
 * an environment's own candidate must have been registered for that environment.
@@ -117,6 +120,7 @@ def _check_origin(
 
 def promote(
     client: Any,
+    store: Any,
     name: str,
     alias: str,
     env: str,
@@ -132,6 +136,7 @@ def promote(
 
     `alias` is the environment's champion alias: the one the gate compared with, and the
     one the compare-and-set checks. With `challenger_alias`, that alias is moved instead.
+    `store` keeps the alias history (`pipeline.registry.history_store`).
     Idempotent: when the moved alias already holds the version (a re-run) nothing is
     written, so the history gains no duplicate event.
     """
@@ -194,7 +199,18 @@ def promote(
     # A version that is the champion already needs no shadow run beside itself.
     moved = target_current != str(decision.version) and current != str(decision.version)
     if moved:
-        registry.move_alias(client, name, moves, str(decision.version), reason=reason, actor=actor)
+        registry.move_alias(
+            client,
+            store,
+            name,
+            moves,
+            str(decision.version),
+            reason=reason,
+            actor=actor,
+            expected=target_current,
+            git_commit=commit,
+            pipeline=pipeline_url,
+        )
     return {
         **common,
         "status": "promoted" if decision.kind == "candidate" else "fallback",

@@ -1,8 +1,11 @@
 """`crispml alias rollback`: move an alias back to the version that served before.
 
-The alias history (`pipeline.registry.move_alias`) is replayed to find that version, so
-rolling back twice walks two steps back instead of flipping between two versions, and
-the rollback itself is one more event in the history, never an erasure.
+The alias history (`pipeline.registry.move_alias`, kept in the environment's store) is
+replayed to find that version, so rolling back twice walks two steps back instead of
+flipping between two versions, and the rollback itself is one more event in the
+history, never an erasure. The move is a compare-and-set against the holder the target
+was computed from: a promotion landing in between makes the rollback fail, naming both
+versions, instead of undoing that promotion unseen.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ def serving_stack(history: Sequence[Mapping[str, Any]]) -> list[str]:
 
 def rollback(
     client: Any,
+    store: Any,
     name: str,
     alias: str,
     actor: str,
@@ -50,7 +54,7 @@ def rollback(
     if holder is None:
         raise CrispError(f"@{alias} of model {name!r} holds no version: nothing to roll back")
     current = str(holder.version)
-    history = registry.alias_history(client, name, alias)
+    history = registry.alias_history(client, store, name, alias)
     stack = serving_stack(history)
     if to is None:
         if not stack or stack[-1] != current:
@@ -73,5 +77,7 @@ def rollback(
     reason = f"{ROLLBACK_PREFIX}: from version {current} to version {target}"
     if note:
         reason += f" ({note})"
-    event = registry.move_alias(client, name, alias, target, reason=reason, actor=actor)
+    event = registry.move_alias(
+        client, store, name, alias, target, reason=reason, actor=actor, expected=current
+    )
     return {"alias": alias, "from": current, "to": target, "event": event}

@@ -21,6 +21,7 @@ must never be in a committed file.
 | CRISPML_SERVICE_STORE_TIMEOUT | 10 | seconds a request waits for its commit before 503 |
 | CRISPML_SERVICE_SHADOW_MAX_BACKLOG | 2000 | challenger rows queued at most; more: dropped |
 | CRISPML_SERVICE_LABEL_AGE_TTL | 30 | seconds /metrics reuses the newest-label times |
+| CRISPML_RATE_LIMIT | (unset: off) | requests per token, e.g. `100/minute`; 429 above it |
 
 Roles and what they may call (a token of the wrong role gets 403, none or an unknown one
 401; `admin` implies every other role):
@@ -42,6 +43,12 @@ an open scoring or audit endpoint there must be a decision nobody can take by fo
 a variable. In any other environment (dev, a laptop) scoring and reading stay open unless
 CRISPML_SCORE_REQUIRES_TOKEN says otherwise, and an endpoint whose role has no token
 answers 503 (disabled), as before roles existed.
+
+CRISPML_RATE_LIMIT (`pipeline.service.ratelimit`) limits the requests of each token over a
+moving window, `100/minute` or several limits such as `10/second;500/hour`, across every
+endpoint but /healthz, /readyz and /metrics (probes and scrapes must never be refused). A
+request to an open endpoint without a valid token counts against its client address.
+Above the limit the answer is 429 with Retry-After. Each replica counts on its own.
 """
 
 from __future__ import annotations
@@ -57,6 +64,7 @@ from pipeline.errors import ConfigError
 TOKEN_ENV = "CRISPML_API_TOKEN"
 TOKENS_ENV = "CRISPML_API_TOKENS"
 SCORE_TOKEN_ENV = "CRISPML_SCORE_REQUIRES_TOKEN"
+RATE_LIMIT_ENV = "CRISPML_RATE_LIMIT"
 PREFIX = "CRISPML_SERVICE_"
 
 ROLES = ("score", "read", "label", "admin")
@@ -122,6 +130,14 @@ class ServiceConfig:
     api_token: str | None = field(default=None, repr=False)
     # (role, token) pairs from CRISPML_API_TOKENS; `api_token` is an admin token beside them.
     api_tokens: tuple[tuple[str, str], ...] = field(default=(), repr=False)
+    # CRISPML_RATE_LIMIT as given ("100/minute"); None: no limit.
+    rate_limit: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.rate_limit is not None:
+            from pipeline.service.ratelimit import parse_rate_limit
+
+            parse_rate_limit(self.rate_limit)  # a typo fails at start-up, naming the variable
 
     def _all_tokens(self) -> tuple[tuple[str, str], ...]:
         admin = () if self.api_token is None else ((ADMIN, self.api_token),)
@@ -132,18 +148,29 @@ class ServiceConfig:
         return any(held in (role, ADMIN) for held, _ in self._all_tokens())
 
     def roles_of(self, given: str) -> frozenset[str]:
-        """The roles `given` grants (empty: no such token), with admin expanded to all.
+        """The roles `given` grants (empty: no such token), with admin expanded to all."""
+        return self.identify(given)[1]
+
+    def identify(self, given: str) -> tuple[str | None, frozenset[str]]:
+        """Who presents `given`, and the roles it grants (as `roles_of`).
+
+        Who is a name for the configured token that says nothing about its value
+        (`token-2`: the second configured, counting CRISPML_API_TOKEN first), the same
+        for a token named for several roles; None for no such token. Rate limits count
+        by it, so a token never becomes a dictionary key, a log field or a metric label.
 
         Every configured token is compared, each in constant time, and the loop does
         not stop at a match: how long the answer takes says nothing about which token,
         or which prefix of one, is right.
         """
         presented = given.encode()
+        who: str | None = None
         granted: set[str] = set()
-        for role, token in self._all_tokens():
+        for index, (role, token) in enumerate(self._all_tokens()):
             if hmac.compare_digest(presented, token.encode()):
                 granted.add(role)
-        return frozenset(ROLES) if ADMIN in granted else frozenset(granted)
+                who = who or f"token-{index + 1}"
+        return who, frozenset(ROLES) if ADMIN in granted else frozenset(granted)
 
     def open_roles(self, environment: str) -> frozenset[str]:
         """Roles whose endpoints answer without a token in `environment`."""
@@ -192,6 +219,7 @@ class ServiceConfig:
         token = env.get(TOKEN_ENV, "").strip()
         values["api_token"] = token or None
         values["api_tokens"] = _tokens(TOKENS_ENV, env.get(TOKENS_ENV, ""))
+        values["rate_limit"] = env.get(RATE_LIMIT_ENV, "").strip() or None
         values.update({k: v for k, v in overrides.items() if v is not None})
         config = cls(**values)  # type: ignore[arg-type]
         if config.score_requires_token and not config.has_token_for("score"):

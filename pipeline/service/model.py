@@ -180,14 +180,13 @@ class ModelLoader:
 
     def load(self, version: str) -> ServingModel:
         """Load one version (pinned by number, so a moving alias cannot mix two versions)."""
-        import mlflow.sklearn
-
         from pipeline import tracking
+        from pipeline.saved_model import load_model
         from pipeline.store import utcnow
 
         if self.ref.kind == "path":
             assert self.ref.path is not None
-            model = mlflow.sklearn.load_model(str(self.ref.path))
+            model = load_model(self.ref.path)
             serving = ServingModel(
                 model=model,
                 name=self.ref.name,
@@ -206,7 +205,7 @@ class ModelLoader:
             # Checked before the (slow) load: a version without a threshold cannot decide.
             where = f"model {self.ref.name} version {version}"
             threshold = _threshold(tags.get("threshold"), where)
-            model = mlflow.sklearn.load_model(f"models:/{self.ref.name}/{version}")
+            model = load_model(f"models:/{self.ref.name}/{version}")
             serving = ServingModel(
                 model=model,
                 name=self.ref.name,

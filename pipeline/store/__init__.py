@@ -1,8 +1,19 @@
 """The score store: every score with its lineage, and the ground truth that arrives later.
 
 One implementation for SQLite (the embedded default, in WAL mode) and PostgreSQL.
-Writes are idempotent: batch scores have deterministic ids and are inserted with
-ON CONFLICT DO NOTHING, labels are upserted, so a re-run never duplicates a row.
+Writes are idempotent: a batch score is unique per (environment, model, version,
+record) by a partial unique index (revision 0004) and inserted with ON CONFLICT DO
+NOTHING, labels are upserted, so a re-run never duplicates a row. Score ids are random
+(uuid4) for batch and online scores alike: an id must not be computable from a record
+id someone knows, such as a transaction number.
+
+SQLite durability: the store runs in WAL mode with `PRAGMA synchronous=NORMAL` unless
+the URL says otherwise with a `synchronous` query parameter,
+`sqlite:///data/store/scores.db?synchronous=FULL`. NORMAL never corrupts the database,
+but a power loss (not a crashed process) may undo the last transactions committed before
+it; FULL syncs the WAL on every commit, so a committed score survives a power loss too,
+at a cost per commit that bench/store_durability.py measures. The parameter travels
+with the URL, so CRISPML_STORE_URL and every process that opens the store honour it.
 
 Shadow scores (revision 0002): when a challenger runs beside the champion, the service
 stores the challenger's score of every answered record as a row with `shadow` true and
@@ -23,7 +34,7 @@ from typing import Any, Literal
 import pandas as pd
 import sqlalchemy as sa
 
-from pipeline.errors import ServiceUnavailable
+from pipeline.errors import ConfigError, CrispError, ServiceUnavailable
 from pipeline.store.schema import labels, scores
 
 MIGRATIONS = Path(__file__).with_name("migrations")
@@ -32,13 +43,13 @@ MIGRATION_LOCK = int.from_bytes(hashlib.sha256(b"crispml.store.migrate").digest(
 SCORE_COLUMNS = [c.name for c in scores.columns]
 
 
-def batch_score_id(environment: str, model_name: str, model_version: str, record_id: str) -> str:
-    """Same record, same model, same environment: same id. That is what makes re-runs no-ops."""
-    key = f"{environment}|{model_name}|{model_version}|{record_id}|batch"
-    return hashlib.sha256(key.encode()).hexdigest()[:32]
+BATCH_CHANNEL = "batch"
+# Record ids per lookup of already stored batch scores: far below any driver's limit.
+_LOOKUP_CHUNK = 500
 
 
 def new_score_id() -> str:
+    """A random id, for batch and online scores alike: unguessable from the record."""
     return uuid.uuid4().hex
 
 
@@ -46,7 +57,8 @@ def shadow_score_id(champion_score_id: str, model_version: str) -> str:
     """The id of a challenger's shadow score of the answered score `champion_score_id`.
 
     Derived, so storing the same shadow twice is a no-op, and namespaced with "shadow",
-    so it is never the id of an answered score (a random uuid or a batch id).
+    so it is never the id of an answered score (a random uuid). Derived from a random
+    id, it is as unguessable as that id.
     """
     key = f"{champion_score_id}|{model_version}|shadow"
     return hashlib.sha256(key.encode()).hexdigest()[:32]
@@ -108,20 +120,51 @@ _SCORE_DEFAULTS = {"shadow": False, "shadow_of": None}
 ONLINE_CHANNEL = "api"
 
 
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-    cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.execute("PRAGMA busy_timeout=30000")
-    cursor.close()
+# SQLite's `synchronous` levels a store may ask for. OFF is left out: it trades the
+# database's integrity, not only its newest commits, for speed.
+SQLITE_SYNCHRONOUS = ("NORMAL", "FULL", "EXTRA")
+DEFAULT_SQLITE_SYNCHRONOUS = "NORMAL"
+
+
+def sqlite_synchronous(url: sa.URL) -> tuple[sa.URL, str]:
+    """The URL without its `synchronous` query parameter, and the level it asked for.
+
+    The parameter is the store's, not the driver's (sqlite3.connect would refuse it),
+    so it is taken off before the engine sees the URL.
+    """
+    raw = url.query.get("synchronous", DEFAULT_SQLITE_SYNCHRONOUS)
+    if isinstance(raw, tuple):  # ?synchronous=A&synchronous=B
+        raise ConfigError(f"score store URL: synchronous given {len(raw)} times")
+    level = raw.upper()
+    if level not in SQLITE_SYNCHRONOUS:
+        raise ConfigError(
+            f"score store URL: synchronous={raw!r} is not one of "
+            f"{', '.join(SQLITE_SYNCHRONOUS)} (FULL survives a power loss, NORMAL is the "
+            "default)"
+        )
+    return url.difference_update_query(["synchronous"]), level
+
+
+def _sqlite_pragmas(synchronous: str):
+    def on_connect(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA synchronous={synchronous}")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.close()
+
+    return on_connect
 
 
 def make_engine(url: str, **kwargs: Any) -> sa.Engine:
-    if url.startswith("sqlite:///") and ":memory:" not in url:
-        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    engine = sa.create_engine(url, **kwargs)
-    if engine.dialect.name == "sqlite":
-        sa.event.listen(engine, "connect", _sqlite_pragmas)
+    parsed = sa.make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return sa.create_engine(parsed, **kwargs)
+    parsed, synchronous = sqlite_synchronous(parsed)
+    if parsed.database and parsed.database != ":memory:":
+        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+    engine = sa.create_engine(parsed, **kwargs)
+    sa.event.listen(engine, "connect", _sqlite_pragmas(synchronous))
     return engine
 
 
@@ -145,6 +188,13 @@ class ScoreStore:
     @property
     def dialect(self) -> str:
         return self.engine.dialect.name
+
+    @property
+    def sqlite_synchronous(self) -> str | None:
+        """The `synchronous` level this SQLite store asked for; None on PostgreSQL."""
+        if self.dialect != "sqlite":
+            return None
+        return sqlite_synchronous(sa.make_url(self.url))[1]
 
     def migrate(self) -> str:
         """Bring the schema to the newest Alembic revision; returns that revision.
@@ -188,22 +238,76 @@ class ScoreStore:
     def insert_scores(
         self, rows: Sequence[dict[str, Any]], connection: sa.Connection | None = None
     ) -> int:
-        """Insert in one transaction; rows whose score_id exists are skipped. Returns rows added."""
+        """Insert in one transaction; a row already stored is skipped. Returns rows added.
+
+        "Already stored" is any unique key: the score_id (a shadow score stored twice),
+        or, for a batch score, its record scored by the same model version in the same
+        environment (`ux_scores_batch_record`).
+        """
         if not rows:
             return 0
+        if connection is not None:
+            return len(self._insert_returning(connection, rows))
+        with self.engine.begin() as conn:
+            return len(self._insert_returning(conn, rows))
+
+    def _insert_returning(self, connection: sa.Connection, rows: Sequence[dict[str, Any]]) -> set:
         if any(key not in row for row in rows for key in _SCORE_DEFAULTS):
             rows = [{**_SCORE_DEFAULTS, **row} for row in rows]
-        # RETURNING yields exactly the rows added (a conflict returns nothing); rowcount
-        # is -1 for executemany on psycopg, so it cannot be trusted across drivers.
+        # No conflict target: a conflict on either unique key skips the row (PostgreSQL
+        # and SQLite alike), where a named target would raise on the other one. RETURNING
+        # yields exactly the rows added; rowcount is -1 for executemany on psycopg.
         statement = (
-            _insert(self.dialect, scores)
-            .on_conflict_do_nothing(index_elements=["score_id"])
-            .returning(scores.c.score_id)
+            _insert(self.dialect, scores).on_conflict_do_nothing().returning(scores.c.score_id)
         )
-        if connection is not None:
-            return len(connection.execute(statement, list(rows)).all())
+        return {row.score_id for row in connection.execute(statement, list(rows))}
+
+    def store_batch_scores(self, rows: Sequence[dict[str, Any]]) -> tuple[int, list[str]]:
+        """Store batch scores once each; returns rows added and, per row, its stored id.
+
+        A row whose record this model version already scored in this environment is not
+        stored again, and its id in the answer is the stored row's, not the new random one
+        it came with: a receipt must name scores that exist. One transaction.
+        """
+        if not rows:
+            return 0, []
+        if any(row.get("channel") != BATCH_CHANNEL for row in rows):
+            raise CrispError("store_batch_scores takes batch scores only (channel 'batch')")
         with self.engine.begin() as conn:
-            return len(conn.execute(statement, list(rows)).all())
+            added = self._insert_returning(conn, rows)
+            stored = [row["score_id"] if row["score_id"] in added else None for row in rows]
+            missing: dict[tuple[str, str, str], list[str]] = {}
+            for row, found in zip(rows, stored, strict=True):
+                if found is None:
+                    key = (row["environment"], row["model_name"], str(row["model_version"]))
+                    missing.setdefault(key, []).append(row["record_id"])
+            existing: dict[tuple[str, str, str, str], str] = {}
+            for (environment, model_name, model_version), records in missing.items():
+                for start in range(0, len(records), _LOOKUP_CHUNK):
+                    query = sa.select(scores.c.record_id, scores.c.score_id).where(
+                        scores.c.channel == BATCH_CHANNEL,
+                        scores.c.environment == environment,
+                        scores.c.model_name == model_name,
+                        scores.c.model_version == model_version,
+                        scores.c.record_id.in_(records[start : start + _LOOKUP_CHUNK]),
+                    )
+                    for record_id, score_id in conn.execute(query):
+                        existing[(environment, model_name, model_version, record_id)] = score_id
+        for index, (row, found) in enumerate(zip(rows, stored, strict=True)):
+            if found is None:
+                key = (
+                    row["environment"],
+                    row["model_name"],
+                    str(row["model_version"]),
+                    row["record_id"],
+                )
+                if key not in existing:
+                    raise CrispError(
+                        f"score store: batch score {row['score_id']} of record "
+                        f"{row['record_id']!r} was neither stored nor found stored"
+                    )
+                stored[index] = existing[key]
+        return len(added), [str(score_id) for score_id in stored]
 
     def upsert_labels(self, rows: Iterable[dict[str, Any]]) -> int:
         """Insert or overwrite ground truth; the newest word on a record wins."""

@@ -258,6 +258,20 @@ def test_no_job_takes_its_store_from_a_variable_named_crispml_store_url() -> Non
     assert "CRISPML_STORE_URL" not in (ci.get("variables") or {})
 
 
+def test_jobs_that_move_or_show_an_alias_use_the_environment_store() -> None:
+    ci = load_ci(CI_FILE)
+    for name, job in _jobs(ci).items():
+        lines = _lines(job)
+        if any(line.startswith(("crispml alias", "crispml shadow promote")) for line in lines):
+            setup = [i for i, line in enumerate(lines) if line.startswith("crispml ci setup")]
+            first = next(
+                i
+                for i, line in enumerate(lines)
+                if line.startswith(("crispml alias", "crispml shadow promote"))
+            )
+            assert setup and setup[0] < first, name
+
+
 def test_alias_movers_share_one_resource_group_per_branch() -> None:
     ci = load_ci(CI_FILE)
     group = "crispml-$CI_COMMIT_REF_SLUG"

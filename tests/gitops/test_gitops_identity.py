@@ -96,19 +96,17 @@ def _frame(rows: int = 6000, seed: int = 0) -> pd.DataFrame:
 
 
 def _model(frame: pd.DataFrame, columns: list[str]) -> Any:
+    """A fitted model that reads only `columns` of a wider frame, as the project's do."""
+    from sklearn.compose import ColumnTransformer
     from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import Pipeline
 
-    return LogisticRegression(max_iter=200).fit(frame[columns], frame["label"])
-
-
-class _Only:
-    """A fitted model that sees only some columns (as the project's pipelines do)."""
-
-    def __init__(self, model: Any, columns: list[str]) -> None:
-        self.model, self.columns = model, columns
-
-    def predict_proba(self, frame: pd.DataFrame) -> np.ndarray:
-        return self.model.predict_proba(frame[self.columns])
+    return Pipeline(
+        [
+            ("columns", ColumnTransformer([("keep", "passthrough", columns)])),
+            ("model", LogisticRegression(max_iter=200)),
+        ]
+    ).fit(frame, frame["label"])
 
 
 def test_artifact_hash_sees_the_model_not_the_save(tmp_path: Path) -> None:
@@ -156,13 +154,15 @@ def _register(client: Any, model: Any, tags: dict[str, str]) -> str:
     import mlflow
     import mlflow.sklearn
 
+    from pipeline.saved_model import save_options
+
     with mlflow.start_run():
         info = mlflow.sklearn.log_model(
             model,
             name="model",
             registered_model_name=NAME,
-            serialization_format="pickle",
-            pip_requirements=["scikit-learn"],
+            # Saved as the pipeline saves models: the loader refuses anything else.
+            **save_options(model),
         )
     version = str(info.registered_model_version)
     for key, value in tags.items():
@@ -209,20 +209,27 @@ def _settings(margin: float = 0.03, min_positives: int = 30) -> Any:
 
 
 @pytest.fixture
-def fallback_world(tracking: tuple[str, Any]) -> dict[str, Any]:
-    """@prod serves a good model; candidates for @qa: as good, much worse, other lineage."""
+def fallback_world(tracking: tuple[str, Any], tmp_path: Path) -> Iterator[dict[str, Any]]:
+    """@prod serves a good model; candidates for @qa: as good, much worse, other lineage.
+
+    The alias history is kept in a store of the test's own.
+    """
     from pipeline.registry import move_alias
+    from pipeline.store import ScoreStore
 
     _, client = tracking
+    store = ScoreStore(f"sqlite:///{tmp_path / 'scores.db'}")
+    store.migrate()
     train, test = _frame(seed=1), _frame(seed=2)
     lineage = {"lineage.pipeline": "a" * 40, "lineage.params.yaml": "b" * 40}
-    good = _Only(_model(train, ["x1", "x2"]), ["x1", "x2"])
-    also_good = _Only(_model(_frame(seed=3), ["x1", "x2"]), ["x1", "x2"])
-    bad = _Only(_model(train, ["noise"]), ["noise"])
+    good = _model(train, ["x1", "x2"])
+    also_good = _model(_frame(seed=3), ["x1", "x2"])
+    bad = _model(train, ["noise"])
     champion = _register(client, good, lineage)
-    move_alias(client, NAME, "prod", champion, reason="gate passed in prod")
-    return {
+    move_alias(client, store, NAME, "prod", champion, reason="gate passed in prod")
+    yield {
         "client": client,
+        "store": store,
         "test": test,
         "lineage": lineage,
         "champion": champion,
@@ -230,13 +237,14 @@ def fallback_world(tracking: tuple[str, Any]) -> dict[str, Any]:
         "worse": _register(client, bad, lineage),
         "other": _register(client, also_good, {**lineage, "lineage.pipeline": "c" * 40}),
     }
+    store.dispose()
 
 
 def test_fallback_needs_the_same_lineage(fallback_world: dict[str, Any]) -> None:
     from pipeline.registry import move_alias
 
     w = fallback_world
-    move_alias(w["client"], NAME, "qa", w["other"], reason="gate passed in qa")
+    move_alias(w["client"], w["store"], NAME, "qa", w["other"], reason="gate passed in qa")
     decided = choose_fallback(w["client"], _settings(), "prod", "qa", w["lineage"], w["test"])
     assert decided.used is False
     assert "differs in pipeline (cccccccccccc vs aaaaaaaaaaaa)" in decided.reason
@@ -249,7 +257,7 @@ def test_fallback_is_scored_against_the_champion(fallback_world: dict[str, Any])
     from pipeline.registry import move_alias
 
     w = fallback_world
-    move_alias(w["client"], NAME, "qa", w["as_good"], reason="gate passed in qa")
+    move_alias(w["client"], w["store"], NAME, "qa", w["as_good"], reason="gate passed in qa")
     taken = choose_fallback(w["client"], _settings(), "prod", "qa", w["lineage"], w["test"])
     assert taken.used is True and taken.version == w["as_good"]
     assert taken.comparison["verdict"] == "passed" and taken.comparison["positives"] >= 30
@@ -257,7 +265,7 @@ def test_fallback_is_scored_against_the_champion(fallback_world: dict[str, Any])
     assert f"vs @prod version {w['champion']}" in taken.reason
     assert taken.lineage == w["lineage"]
 
-    move_alias(w["client"], NAME, "qa", w["worse"], reason="gate passed in qa")
+    move_alias(w["client"], w["store"], NAME, "qa", w["worse"], reason="gate passed in qa")
     refused = choose_fallback(w["client"], _settings(), "prod", "qa", w["lineage"], w["test"])
     assert refused.used is False and refused.comparison["verdict"] == "failed"
     assert refused.reason.startswith(
@@ -278,7 +286,7 @@ def test_fallback_without_a_champion_has_nothing_to_compare(
     from pipeline.registry import move_alias
 
     w = fallback_world
-    move_alias(w["client"], NAME, "qa", w["as_good"], reason="gate passed in qa")
+    move_alias(w["client"], w["store"], NAME, "qa", w["as_good"], reason="gate passed in qa")
     w["client"].delete_registered_model_alias(NAME, "prod")
     taken = choose_fallback(w["client"], _settings(), "prod", "qa", w["lineage"], w["test"])
     assert taken.used is True and taken.comparison is None
@@ -297,13 +305,14 @@ def test_register_falls_back_and_keeps_the_evidence_in_the_history(
     settings = _settings()
     settings.alias = "prod"
     settings.environment.registry = SimpleNamespace(fallback_alias="qa")
-    move_alias(w["client"], NAME, "qa", w["worse"], reason="gate passed in qa")
+    settings.store_url = w["store"].url
+    move_alias(w["client"], w["store"], NAME, "qa", w["worse"], reason="gate passed in qa")
     refused = fall_back(w["client"], settings, w["test"], w["lineage"])
     assert refused["used"] is False
     assert str(w["client"].get_model_version_by_alias(NAME, "prod").version) == w["champion"]
     assert "no fallback to @qa: the fallback is refused" in capsys.readouterr().err
 
-    move_alias(w["client"], NAME, "qa", w["as_good"], reason="gate passed in qa")
+    move_alias(w["client"], w["store"], NAME, "qa", w["as_good"], reason="gate passed in qa")
     deferred = fall_back(w["client"], settings, w["test"], w["lineage"], move=False)
     assert deferred["used"] is True and deferred["event"] is None
     assert str(w["client"].get_model_version_by_alias(NAME, "prod").version) == w["champion"]
@@ -312,6 +321,6 @@ def test_register_falls_back_and_keeps_the_evidence_in_the_history(
     assert str(w["client"].get_model_version_by_alias(NAME, "prod").version) == w["as_good"]
     err = capsys.readouterr().err
     assert f"FALLBACK: @prod now serves version {w['as_good']}" in err
-    event = alias_history(w["client"], NAME, "prod")[-1]
+    event = alias_history(w["client"], w["store"], NAME, "prod")[-1]
     assert event["reason"].startswith("fallback: own model failed its gate")
     assert f"@qa version {w['as_good']} PR-AUC" in event["reason"]

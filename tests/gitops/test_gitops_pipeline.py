@@ -183,9 +183,20 @@ class World:
         return alias_holder(self.client(), MODEL, alias)
 
     def history(self, alias: str) -> list[dict]:
+        """The alias's history, kept in the store of the environment that moves it
+        (@prod-challenger: prod's)."""
         from pipeline.registry import alias_history
+        from pipeline.store import ScoreStore
 
-        return alias_history(self.client(), MODEL, alias)
+        env = alias.split("-")[0]
+        if not self.store_file(env).is_file():
+            return []
+        store = ScoreStore(self.store_url(env))
+        try:
+            store.migrate()
+            return alias_history(self.client(), store, MODEL, alias)
+        finally:
+            store.dispose()
 
     def version(self, version: str) -> Any:
         return self.client().get_model_version(MODEL, version)

@@ -144,6 +144,17 @@ _counter = iter(range(1000))
 
 
 @pytest.fixture
+def alias_store(tmp_path: Path) -> Iterator[Any]:
+    """The store keeping the alias history: a fresh SQLite file per test."""
+    from pipeline.store import ScoreStore
+
+    store = ScoreStore(f"sqlite:///{tmp_path / 'history.db'}")
+    store.migrate()
+    yield store
+    store.dispose()
+
+
+@pytest.fixture
 def model(registry: Any) -> str:
     """A fresh registered model per test, so aliases and histories do not leak."""
     name = f"{NAME}-{next(_counter)}"
@@ -158,43 +169,58 @@ def _version(client: Any, name: str, commit: str = COMMIT, env: str = "prod") ->
     return str(made.version)
 
 
-def test_promote_moves_the_alias_once(registry: Any, model: str) -> None:
+def test_promote_moves_the_alias_once(registry: Any, alias_store: Any, model: str) -> None:
     version = _version(registry, model)
     decision = gitops.Decision("candidate", version, version)
-    first = gitops.promote(registry, model, "prod", "prod", decision, COMMIT, "ci:test")
+    first = gitops.promote(
+        registry, alias_store, model, "prod", "prod", decision, COMMIT, "ci:test"
+    )
     assert first["status"] == "promoted" and first["moved_now"] is True
-    again = gitops.promote(registry, model, "prod", "prod", decision, COMMIT, "ci:test")
+    again = gitops.promote(
+        registry, alias_store, model, "prod", "prod", decision, COMMIT, "ci:test"
+    )
     assert again["moved_now"] is False
     from pipeline.registry import alias_history
 
-    history = alias_history(registry, model, "prod")
+    history = alias_history(registry, alias_store, model, "prod")
     assert [e["version"] for e in history] == [version]
     assert history[0]["actor"] == "ci:test" and history[0]["reason"] == "gate passed in prod"
 
 
-def test_promote_refuses_a_version_of_another_commit(registry: Any, model: str) -> None:
+def test_promote_refuses_a_version_of_another_commit(
+    registry: Any, alias_store: Any, model: str
+) -> None:
     version = _version(registry, model, commit=OTHER)
     decision = gitops.Decision("candidate", version, version)
     with pytest.raises(CrispError, match="built from commit bbbbbbbbbbbb"):
-        gitops.promote(registry, model, "prod", "prod", decision, COMMIT, "ci:test")
+        gitops.promote(registry, alias_store, model, "prod", "prod", decision, COMMIT, "ci:test")
 
 
-def test_promote_refuses_a_candidate_of_another_environment(registry: Any, model: str) -> None:
+def test_promote_refuses_a_candidate_of_another_environment(
+    registry: Any, alias_store: Any, model: str
+) -> None:
     version = _version(registry, model, env="qa")
     decision = gitops.Decision("candidate", version, version)
     with pytest.raises(CrispError, match="registered for environment 'qa', not 'prod'"):
-        gitops.promote(registry, model, "prod", "prod", decision, COMMIT, "ci:test")
+        gitops.promote(registry, alias_store, model, "prod", "prod", decision, COMMIT, "ci:test")
 
 
-def test_promote_fallback_and_refusal(registry: Any, model: str) -> None:
+def test_promote_fallback_and_refusal(registry: Any, alias_store: Any, model: str) -> None:
     served = _version(registry, model)
     gitops.promote(
-        registry, model, "prod", "prod", gitops.Decision("candidate", served, served), COMMIT, "t"
+        registry,
+        alias_store,
+        model,
+        "prod",
+        "prod",
+        gitops.Decision("candidate", served, served),
+        COMMIT,
+        "t",
     )
     qa_model = _version(registry, model, env="qa")
     own = _version(registry, model)
     fallback = gitops.Decision("fallback", qa_model, own, ["low"], from_alias="qa")
-    result = gitops.promote(registry, model, "prod", "prod", fallback, COMMIT, "t")
+    result = gitops.promote(registry, alias_store, model, "prod", "prod", fallback, COMMIT, "t")
     assert (result["status"], result["version"], result["previous"]) == (
         "fallback",
         qa_model,
@@ -202,47 +228,68 @@ def test_promote_fallback_and_refusal(registry: Any, model: str) -> None:
     )
     assert result["version_environment"] == "qa"
     refused = gitops.promote(
-        registry, model, "prod", "prod", gitops.Decision("none", None, own, ["low"]), COMMIT, "t"
+        registry,
+        alias_store,
+        model,
+        "prod",
+        "prod",
+        gitops.Decision("none", None, own, ["low"]),
+        COMMIT,
+        "t",
     )
     assert refused["status"] == "not_promoted" and refused["version"] == qa_model
 
 
-def test_promote_refuses_when_the_alias_moved_since_the_gate(registry: Any, model: str) -> None:
+def test_promote_refuses_when_the_alias_moved_since_the_gate(
+    registry: Any, alias_store: Any, model: str
+) -> None:
     """Compare-and-set: a concurrent pipeline's promotion makes this verdict stale."""
     from pipeline.registry import move_alias
 
     judged_against, candidate, concurrent = (_version(registry, model) for _ in range(3))
-    move_alias(registry, model, "prod", judged_against, reason="gate passed in prod")
+    move_alias(registry, alias_store, model, "prod", judged_against, reason="gate passed in prod")
     decision = gitops.Decision(
         "candidate", candidate, candidate, alias_seen=judged_against, alias_seen_recorded=True
     )
-    move_alias(registry, model, "prod", concurrent, reason="another pipeline")
+    move_alias(registry, alias_store, model, "prod", concurrent, reason="another pipeline")
     with pytest.raises(CrispError, match=rf"@prod held version {judged_against} when the gate"):
-        gitops.promote(registry, model, "prod", "prod", decision, COMMIT, "t")
+        gitops.promote(registry, alias_store, model, "prod", "prod", decision, COMMIT, "t")
     assert str(registry.get_model_version_by_alias(model, "prod").version) == concurrent
     # The holder the gate saw: the move goes through, once.
-    move_alias(registry, model, "prod", judged_against, reason="back")
-    result = gitops.promote(registry, model, "prod", "prod", decision, COMMIT, "t")
+    move_alias(registry, alias_store, model, "prod", judged_against, reason="back")
+    result = gitops.promote(registry, alias_store, model, "prod", "prod", decision, COMMIT, "t")
     assert result["moved_now"] is True and result["version"] == candidate
     # A re-run after its own move is not a conflict.
-    again = gitops.promote(registry, model, "prod", "prod", decision, COMMIT, "t")
+    again = gitops.promote(registry, alias_store, model, "prod", "prod", decision, COMMIT, "t")
     assert again["moved_now"] is False
     # An empty alias seen empty is fine; seen empty but held now is not.
     fresh = gitops.Decision("candidate", candidate, candidate, alias_seen_recorded=True)
     with pytest.raises(CrispError, match="held nothing when the gate"):
-        gitops.promote(registry, model, "prod", "prod", fresh, COMMIT, "t", challenger_alias="c")
+        gitops.promote(
+            registry, alias_store, model, "prod", "prod", fresh, COMMIT, "t", challenger_alias="c"
+        )
 
 
-def test_promote_in_shadow_moves_the_challenger(registry: Any, model: str) -> None:
+def test_promote_in_shadow_moves_the_challenger(
+    registry: Any, alias_store: Any, model: str
+) -> None:
     from pipeline.registry import alias_history, move_alias
 
     champion, candidate = _version(registry, model), _version(registry, model)
-    move_alias(registry, model, "prod", champion, reason="gate passed in prod")
+    move_alias(registry, alias_store, model, "prod", champion, reason="gate passed in prod")
     decision = gitops.Decision(
         "candidate", candidate, candidate, alias_seen=champion, alias_seen_recorded=True
     )
     result = gitops.promote(
-        registry, model, "prod", "prod", decision, COMMIT, "t", challenger_alias="prod-challenger"
+        registry,
+        alias_store,
+        model,
+        "prod",
+        "prod",
+        decision,
+        COMMIT,
+        "t",
+        challenger_alias="prod-challenger",
     )
     assert (result["alias"], result["shadow"], result["champion_version"]) == (
         "prod-challenger",
@@ -251,19 +298,27 @@ def test_promote_in_shadow_moves_the_challenger(registry: Any, model: str) -> No
     )
     assert str(registry.get_model_version_by_alias(model, "prod").version) == champion
     assert str(registry.get_model_version_by_alias(model, "prod-challenger").version) == candidate
-    event = alias_history(registry, model, "prod-challenger")[-1]
+    event = alias_history(registry, alias_store, model, "prod-challenger")[-1]
     assert "challenger of @prod, in shadow" in event["reason"]
     message = gitops.promotion_message(result, "prod")
     assert message.startswith(f"PROMOTED: @prod-challenger -> version {candidate}")
     assert "crispml shadow promote" in message
     # Once the champion, a re-run does not shadow it beside itself.
-    move_alias(registry, model, "prod", candidate, reason="shadow promote (manual)")
+    move_alias(registry, alias_store, model, "prod", candidate, reason="shadow promote (manual)")
     registry.delete_registered_model_alias(model, "prod-challenger")
     seen_now = gitops.Decision(
         "candidate", candidate, candidate, alias_seen=candidate, alias_seen_recorded=True
     )
     again = gitops.promote(
-        registry, model, "prod", "prod", seen_now, COMMIT, "t", challenger_alias="prod-challenger"
+        registry,
+        alias_store,
+        model,
+        "prod",
+        "prod",
+        seen_now,
+        COMMIT,
+        "t",
+        challenger_alias="prod-challenger",
     )
     assert again["moved_now"] is False
     assert registry_holder(registry, model, "prod-challenger") is None
@@ -279,7 +334,9 @@ def registry_holder(client: Any, name: str, alias: str) -> Any:
     return alias_holder(client, name, alias)
 
 
-def test_promote_accepts_another_commit_of_the_same_lineage(registry: Any, model: str) -> None:
+def test_promote_accepts_another_commit_of_the_same_lineage(
+    registry: Any, alias_store: Any, model: str
+) -> None:
     lineage = {"lineage.pipeline": "1" * 40, "lineage.params.yaml": "2" * 40}
     made = registry.create_model_version(
         model,
@@ -287,46 +344,54 @@ def test_promote_accepts_another_commit_of_the_same_lineage(registry: Any, model
         tags={"git_commit": OTHER, "environment": "qa", **lineage},
     )
     decision = gitops.Decision("fallback", str(made.version), "99", ["low"], from_alias="qa")
-    result = gitops.promote(registry, model, "prod", "prod", decision, COMMIT, "t", lineage=lineage)
+    result = gitops.promote(
+        registry, alias_store, model, "prod", "prod", decision, COMMIT, "t", lineage=lineage
+    )
     assert result["matched_by"] == "lineage" and result["status"] == "fallback"
     other = {**lineage, "lineage.pipeline": "3" * 40}
     with pytest.raises(
         CrispError, match=r"it differs in pipeline \(111111111111 vs 333333333333\)"
     ):
-        gitops.promote(registry, model, "qa", "prod", decision, COMMIT, "t", lineage=other)
+        gitops.promote(
+            registry, alias_store, model, "qa", "prod", decision, COMMIT, "t", lineage=other
+        )
 
 
-def test_rollback_walks_back_and_keeps_the_history(registry: Any, model: str) -> None:
+def test_rollback_walks_back_and_keeps_the_history(
+    registry: Any, alias_store: Any, model: str
+) -> None:
     from pipeline.registry import alias_history, move_alias
 
     v1, v2, v3 = (_version(registry, model) for _ in range(3))
     for version in (v1, v2, v3):
-        move_alias(registry, model, "prod", version, reason="gate passed in prod")
-    first = gitops.rollback(registry, model, "prod", "cli:test", note="INC-1")
+        move_alias(registry, alias_store, model, "prod", version, reason="gate passed in prod")
+    first = gitops.rollback(registry, alias_store, model, "prod", "cli:test", note="INC-1")
     assert (first["from"], first["to"]) == (v3, v2)
-    second = gitops.rollback(registry, model, "prod", "cli:test")
+    second = gitops.rollback(registry, alias_store, model, "prod", "cli:test")
     assert (second["from"], second["to"]) == (v2, v1)
-    history = alias_history(registry, model, "prod")
+    history = alias_history(registry, alias_store, model, "prod")
     assert [e["version"] for e in history] == [v1, v2, v3, v2, v1]
     assert history[3]["reason"] == f"rollback: from version {v3} to version {v2} (INC-1)"
     with pytest.raises(CrispError, match="no earlier version"):
-        gitops.rollback(registry, model, "prod", "cli:test")
-    explicit = gitops.rollback(registry, model, "prod", "cli:test", to=v3)
+        gitops.rollback(registry, alias_store, model, "prod", "cli:test")
+    explicit = gitops.rollback(registry, alias_store, model, "prod", "cli:test", to=v3)
     assert explicit["to"] == v3
     assert str(registry.get_model_version_by_alias(model, "prod").version) == v3
 
 
-def test_rollback_refuses_when_the_alias_moved_behind_its_back(registry: Any, model: str) -> None:
+def test_rollback_refuses_when_the_alias_moved_behind_its_back(
+    registry: Any, alias_store: Any, model: str
+) -> None:
     from pipeline.registry import move_alias
 
     v1, v2, v3 = (_version(registry, model) for _ in range(3))
-    move_alias(registry, model, "prod", v1, reason="gate passed in prod")
-    move_alias(registry, model, "prod", v2, reason="gate passed in prod")
+    move_alias(registry, alias_store, model, "prod", v1, reason="gate passed in prod")
+    move_alias(registry, alias_store, model, "prod", v2, reason="gate passed in prod")
     registry.set_registered_model_alias(model, "prod", v3)  # not through crispml
     with pytest.raises(CrispError, match="moved outside crispml"):
-        gitops.rollback(registry, model, "prod", "cli:test")
+        gitops.rollback(registry, alias_store, model, "prod", "cli:test")
     with pytest.raises(CrispError, match="cannot be used"):
-        gitops.rollback(registry, model, "prod", "cli:test", to="999")
+        gitops.rollback(registry, alias_store, model, "prod", "cli:test", to="999")
 
 
 def test_history_table_marks_the_holder() -> None:
@@ -336,6 +401,135 @@ def test_history_table_marks_the_holder() -> None:
     )
     assert "gate passed" in text and text.endswith("current holder: version 1")
     assert gitops.format_history([], None) == "(no recorded moves)"
+    marked = gitops.format_history(
+        [
+            {"version": "2", "previous": "1", "actor": "x", "reason": "found", "kind": "outside"},
+            {"version": None, "previous": "2", "actor": "ci", "reason": "gone", "kind": "move"},
+        ],
+        None,
+    )
+    assert "[outside] found" in marked and marked.endswith("current holder: none")
+
+
+def _concurrent_move_on_lookup(
+    monkeypatch: pytest.MonkeyPatch, registry: Any, store: Any, model: str, to: str
+) -> None:
+    """Another pipeline moves @prod while this one is between its look and its move.
+
+    Both promote and rollback look a version up (`get_model_version`) after reading the
+    holder and before moving: the one moment a concurrent promotion can slip in.
+    """
+    from pipeline.registry import move_alias
+
+    real = registry.get_model_version
+
+    def lookup(name: str, version: str) -> Any:
+        monkeypatch.setattr(registry, "get_model_version", real)
+        move_alias(registry, store, model, "prod", to, reason="the other pipeline")
+        return real(name, version)
+
+    monkeypatch.setattr(registry, "get_model_version", lookup)
+
+
+def test_promote_refuses_a_promotion_that_landed_after_its_look(
+    registry: Any, alias_store: Any, model: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The receipt's check passed; the move itself must compare and set as well."""
+    from pipeline.registry import AliasMoved, alias_history, move_alias
+
+    champion, candidate, other = (_version(registry, model) for _ in range(3))
+    move_alias(registry, alias_store, model, "prod", champion, reason="gate passed in prod")
+    decision = gitops.Decision(
+        "candidate", candidate, candidate, alias_seen=champion, alias_seen_recorded=True
+    )
+    _concurrent_move_on_lookup(monkeypatch, registry, alias_store, model, other)
+    with pytest.raises(AliasMoved, match=f"expected version {champion}, found version {other}"):
+        gitops.promote(registry, alias_store, model, "prod", "prod", decision, COMMIT, "t")
+    assert str(registry_holder(registry, model, "prod").version) == other
+    events = alias_history(registry, alias_store, model, "prod")
+    assert [(e["previous"], e["version"]) for e in events] == [(None, champion), (champion, other)]
+
+
+def test_promote_records_commit_and_pipeline(registry: Any, alias_store: Any, model: str) -> None:
+    from pipeline.registry import alias_history
+
+    version = _version(registry, model)
+    decision = gitops.Decision("candidate", version, version)
+    url = "https://gitlab.example/g/p/-/pipelines/42"
+    gitops.promote(registry, alias_store, model, "prod", "prod", decision, COMMIT, "ci:u", url)
+    event = alias_history(registry, alias_store, model, "prod")[-1]
+    assert (event["git_commit"], event["pipeline"], event["actor"]) == (COMMIT, url, "ci:u")
+
+
+def test_rollback_refuses_when_a_promotion_lands_meanwhile(
+    registry: Any, alias_store: Any, model: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Computed from v2, the rollback must not undo a v3 it never saw."""
+    from pipeline.registry import AliasMoved, alias_history, move_alias
+
+    v1, v2, v3 = (_version(registry, model) for _ in range(3))
+    for version in (v1, v2):
+        move_alias(registry, alias_store, model, "prod", version, reason="gate passed in prod")
+    _concurrent_move_on_lookup(monkeypatch, registry, alias_store, model, v3)
+    with pytest.raises(AliasMoved, match=f"expected version {v2}, found version {v3}"):
+        gitops.rollback(registry, alias_store, model, "prod", "cli:test")
+    assert str(registry_holder(registry, model, "prod").version) == v3
+    assert [e["version"] for e in alias_history(registry, alias_store, model, "prod")] == [
+        v1,
+        v2,
+        v3,
+    ]
+
+
+def test_alias_history_and_rollback_commands_use_the_environment_store(
+    project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`crispml alias history|rollback` read and write the history in the store of
+    environments/<env>/params.yaml (or CRISPML_STORE_URL), never in MLflow tags."""
+    from click.testing import CliRunner
+    from mlflow import MlflowClient
+
+    from pipeline import registry as aliases
+    from pipeline.cli import cli
+    from pipeline.config import load_settings
+
+    settings = load_settings(project)
+    uri = settings.tracking_uri
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    name = settings.registration.model_name
+    client.create_registered_model(name)
+    versions = [
+        str(client.create_model_version(name, source="/nonexistent").version) for _ in range(2)
+    ]
+    with aliases.history_store(settings) as store:
+        for version in versions:
+            aliases.move_alias(client, store, name, "dev", version, reason="gate passed in dev")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    for variable in ("CI", "CRISPML_STORE_URL"):
+        monkeypatch.delenv(variable, raising=False)
+    runner = CliRunner()
+    shown = runner.invoke(cli, ["alias", "history", "--root", str(project), "--json"])
+    assert shown.exit_code == 0, shown.output
+    printed = json.loads(shown.output)
+    assert printed["current"] == versions[1]
+    assert [e["version"] for e in printed["history"]] == versions
+    monkeypatch.setenv("CI", "true")  # a CI job that skipped `crispml ci setup`
+    rolled = runner.invoke(cli, ["alias", "rollback", "--root", str(project), "--reason", "INC-9"])
+    assert rolled.exit_code == 0, rolled.output
+    assert f"version {versions[1]} -> version {versions[0]}" in rolled.output
+    assert "CRISPML_STORE_URL is not set in this CI job" in rolled.output
+    assert str(client.get_model_version_by_alias(name, "dev").version) == versions[0]
+    with aliases.history_store(settings) as store:
+        events = aliases.alias_history(client, store, name, "dev")
+    assert events[-1]["reason"] == (
+        f"rollback: from version {versions[1]} to version {versions[0]} (INC-9)"
+    )
+    assert not any(
+        key.startswith("crispml.alias_history") for key in client.get_registered_model(name).tags
+    )
+    table = runner.invoke(cli, ["alias", "history", "--root", str(project)])
+    assert table.exit_code == 0 and "(INC-9)" in table.output
+    assert table.output.rstrip().endswith(f"current holder: version {versions[0]}")
 
 
 # --------------------------------------------------------------------------- merge request report

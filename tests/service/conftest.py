@@ -51,14 +51,29 @@ class Registry:
     def version(self, number: int) -> dict[str, Any]:
         return next(v for v in self.versions if v["version"] == str(number))
 
-    def move_alias(self, alias: str, version: int) -> None:
-        """Promote or roll back, the way `crispml register` does (alias history included)."""
+    @property
+    def history_url(self) -> str:
+        """The store keeping the alias history of moves made outside a test's repository."""
+        return f"sqlite:///{self.folder / 'aliases.db'}"
+
+    def move_alias(self, alias: str, version: int, store_url: str | None = None) -> None:
+        """Promote or roll back, the way `crispml register` does (alias history included).
+
+        `store_url`: the store of the repository whose CLI reads the history afterwards;
+        by default the registry's own.
+        """
         from mlflow import MlflowClient
 
         from pipeline.registry import move_alias
+        from pipeline.store import ScoreStore
 
         client = MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
-        move_alias(client, self.model_name, alias, str(version), reason="service test")
+        store = ScoreStore(store_url or self.history_url)
+        try:
+            store.migrate()
+            move_alias(client, store, self.model_name, alias, str(version), reason="service test")
+        finally:
+            store.dispose()
 
 
 @pytest.fixture(scope="session")

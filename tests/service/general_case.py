@@ -3,8 +3,8 @@ target) and a small scikit-learn model for it, for the service's end-to-end test
 
 The model is built here rather than by `pipeline.train`, so these tests pin what the
 service promises the model - the frame's dtypes - whatever the training code does.
-Its first step, `FrameGuard`, refuses any frame that breaks that promise: numbers and
-booleans float64, categories Python str (or None) in object columns, datetimes naive
+`frames_checked` refuses any frame that breaks that promise: numbers and booleans
+float64, categories Python str (or None) in object columns, datetimes naive
 datetime64[ns]. Categories go through `OneHotEncoder(handle_unknown="ignore")`, so a
 category nobody trained on is scored, not a crash.
 """
@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from sklearn.base import BaseEstimator, TransformerMixin
 
 TARGET: dict[str, Any] = {
     "name": "risk",
@@ -89,46 +90,45 @@ MODEL_DIR = "data/models/model"
 THRESHOLD = 0.4
 
 
-class FrameGuard(TransformerMixin, BaseEstimator):
-    """Passes the frame through, after checking it is what the service promises."""
-
-    def fit(self, X: pd.DataFrame, y: Any = None) -> FrameGuard:
-        self.check(X)
-        return self
-
-    def transform(self, X: pd.DataFrame) -> pd.DataFrame:
-        self.check(X)
-        return X
-
-    @staticmethod
-    def check(X: pd.DataFrame) -> None:
-        if list(X.columns) != INPUTS:
-            raise TypeError(f"columns {list(X.columns)} are not {INPUTS}")
-        for name in NUMBERS:
-            if X[name].dtype != np.float64:
-                raise TypeError(f"{name}: {X[name].dtype} is not float64")
-        for name in CATEGORIES:
-            if X[name].dtype != object or not all(v is None or type(v) is str for v in X[name]):
-                raise TypeError(f"{name}: {X[name].dtype} is not an object column of str/None")
-        for name in DATETIMES:
-            if str(X[name].dtype) != "datetime64[ns]":
-                raise TypeError(f"{name}: {X[name].dtype} is not datetime64[ns]")
+def check_frame(X: pd.DataFrame) -> None:
+    """The frame the service promises a model, or TypeError saying what differs."""
+    if list(X.columns) != INPUTS:
+        raise TypeError(f"columns {list(X.columns)} are not {INPUTS}")
+    for name in NUMBERS:
+        if X[name].dtype != np.float64:
+            raise TypeError(f"{name}: {X[name].dtype} is not float64")
+    for name in CATEGORIES:
+        if X[name].dtype != object or not all(v is None or type(v) is str for v in X[name]):
+            raise TypeError(f"{name}: {X[name].dtype} is not an object column of str/None")
+    for name in DATETIMES:
+        if str(X[name].dtype) != "datetime64[ns]":
+            raise TypeError(f"{name}: {X[name].dtype} is not datetime64[ns]")
 
 
-class DatetimeParts(TransformerMixin, BaseEstimator):
-    """datetime64 columns -> hour of day and years since 2000 (NaT: NaN)."""
+@contextmanager
+def frames_checked() -> Iterator[list[pd.DataFrame]]:
+    """Every frame of the general contract a Pipeline scores in this process is checked.
 
-    def fit(self, X: pd.DataFrame, y: Any = None) -> DatetimeParts:
-        return self
+    The saved model may hold scikit-learn parts only (`pipeline.saved_model`), so the
+    guard that used to be its first step is a spy around `Pipeline.predict_proba`
+    instead; the frames it saw are yielded, so a test can tell it ran.
+    """
+    from sklearn.pipeline import Pipeline
 
-    def transform(self, X: pd.DataFrame) -> np.ndarray:
-        parts = []
-        for name in X.columns:
-            column = X[name]
-            parts.append((column.dt.hour + column.dt.minute / 60).to_numpy(dtype="float64"))
-            years = (column - pd.Timestamp("2000-01-01")).dt.days / 365.25
-            parts.append(years.to_numpy(dtype="float64"))
-        return np.column_stack(parts)
+    seen: list[pd.DataFrame] = []
+    original = Pipeline.predict_proba
+
+    def guarded(self: Any, X: Any, **params: Any) -> Any:
+        if isinstance(X, pd.DataFrame) and set(X.columns) == set(INPUTS):
+            check_frame(X)
+            seen.append(X)
+        return original(self, X, **params)
+
+    Pipeline.predict_proba = guarded  # type: ignore[method-assign]
+    try:
+        yield seen
+    finally:
+        Pipeline.predict_proba = original  # type: ignore[method-assign]
 
 
 def training_frame(rows: int = 600, seed: int = 0) -> tuple[pd.DataFrame, np.ndarray]:
@@ -174,26 +174,26 @@ def training_frame(rows: int = 600, seed: int = 0) -> tuple[pd.DataFrame, np.nda
 
 
 def build_model(handle_unknown: str = "ignore") -> Any:
+    """Scikit-learn parts only (the loader refuses anything else); `opened` is validated
+    by the service but not read by the model."""
     from sklearn.compose import ColumnTransformer
     from sklearn.impute import SimpleImputer
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import Pipeline, make_pipeline
     from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
+    from pipeline.features import _time_of_day
+
     columns = ColumnTransformer(
         [
             ("categories", OneHotEncoder(handle_unknown=handle_unknown), CATEGORIES),
             ("numbers", make_pipeline(SimpleImputer(), StandardScaler()), NUMBERS),
-            (
-                "datetimes",
-                make_pipeline(DatetimeParts(), SimpleImputer(), StandardScaler()),
-                DATETIMES,
-            ),
+            # The clock of the application time, as `pipeline.features` builds it.
+            ("applied_at", _time_of_day("datetime"), ["applied_at"]),
         ]
     )
     model = Pipeline(
         [
-            ("guard", FrameGuard()),
             ("columns", columns),
             ("model", LogisticRegression(max_iter=1000)),
         ]
@@ -205,16 +205,10 @@ def build_model(handle_unknown: str = "ignore") -> Any:
 def save_model(model: Any, path: Path) -> None:
     """An MLflow model folder, as `crispml train` leaves data/models/model."""
     import mlflow.sklearn
-    import skops.io
 
-    trusted = sorted(skops.io.get_untrusted_types(data=skops.io.dumps(model)))
-    mlflow.sklearn.save_model(
-        model,
-        str(path),
-        pyfunc_predict_fn="predict_proba",
-        skops_trusted_types=trusted,
-        pip_requirements=["scikit-learn", "pandas", "numpy"],
-    )
+    from pipeline.saved_model import save_options
+
+    mlflow.sklearn.save_model(model, str(path), **save_options(model))
 
 
 def make_general_repo(folder: Path, model: Any, env: str) -> Path:
@@ -236,7 +230,7 @@ def make_general_repo(folder: Path, model: Any, env: str) -> Path:
 
 
 def server_pythonpath() -> str:
-    """PYTHONPATH for a `crispml serve` subprocess: the model's classes live in this folder."""
+    """PYTHONPATH for a `crispml serve` subprocess started from the tests."""
     from .conftest import MAIN_ROOT
 
     paths = [str(MAIN_ROOT), str(MAIN_ROOT / "tests"), os.environ.get("PYTHONPATH", "")]

@@ -43,7 +43,8 @@ def _build(folder: Path) -> dict:
     from pipeline.config import Generator, load_settings
     from pipeline.features import build_features, plan_features
     from pipeline.generator import generate
-    from pipeline.train import make_estimator, trusted_types
+    from pipeline.saved_model import save_options
+    from pipeline.train import make_estimator
 
     settings = load_settings(MAIN_ROOT)
     contract = settings.contract
@@ -77,10 +78,7 @@ def _build(folder: Path) -> dict:
                 name="model",
                 registered_model_name=name,
                 input_example=train[inputs].head(2),
-                pyfunc_predict_fn="predict_proba",
-                skops_trusted_types=trusted_types(model),
-                # Named, so MLflow does not spend seconds inferring them in a subprocess.
-                pip_requirements=["scikit-learn", "pandas", "numpy"],
+                **save_options(model),
             )
         version = str(info.registered_model_version)
         tags = {
@@ -92,8 +90,16 @@ def _build(folder: Path) -> dict:
         for key, value in tags.items():
             client.set_model_version_tag(name, version, key, value)
         versions.append({"version": version, "run_id": run.info.run_id, **spec})
+    from pipeline.store import ScoreStore
+
+    # The alias history's store: the one Registry.history_url (conftest.py) names.
+    history = ScoreStore(f"sqlite:///{folder / 'aliases.db'}")
+    history.migrate()
     for alias in ALIASES:
-        registry.move_alias(client, name, alias, versions[0]["version"], reason="service tests")
+        registry.move_alias(
+            client, history, name, alias, versions[0]["version"], reason="service tests"
+        )
+    history.dispose()
     id_column = contract.id_column
     columns = [id_column, *inputs]
     records = [

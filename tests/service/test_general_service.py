@@ -3,8 +3,8 @@
 The contract (`general_case.py`) has no id column, a datetime time column that is a
 model input, categories with and without `allowed`, a bool with Y/N tokens, nullable
 features, a datetime with a strptime format, and a target whose classes are "bad" and
-"good". The model is an MLflow model folder served by path (no registry needed); its
-first step refuses any frame that breaks the service's dtype promise.
+"good". The model is an MLflow model folder served by path (no registry needed); every
+frame it is given in this process is checked against the service's dtype promise.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from .general_case import (
     RECORD,
     THRESHOLD,
     build_model,
+    frames_checked,
     make_general_repo,
     server_pythonpath,
 )
@@ -51,7 +52,11 @@ def client(root: Path) -> Iterator[TestClient]:
     settings = load_settings(root)
     assert settings.model_inputs[0] == "applied_at"  # the time column feeds time_of_day
     app = create_app(settings, ServiceConfig(api_token=TOKEN, reload_interval=0), MODEL_DIR)
-    with TestClient(app, headers={"Authorization": f"Bearer {TOKEN}"}) as http:
+    with (
+        frames_checked() as seen,
+        TestClient(app, headers={"Authorization": f"Bearer {TOKEN}"}) as http,
+    ):
+        http.frames_seen = seen  # type: ignore[attr-defined]
         yield http
 
 
@@ -127,6 +132,8 @@ def test_tokens_nulls_and_an_unseen_category_reach_the_model_as_promised(
     )
     served = client.app.state.service.models.current.model  # type: ignore[attr-defined]
     assert answer.json()["score"] == pytest.approx(served.predict_proba(expected)[0, 1], abs=1e-12)
+    # The service's own frames went through the dtype check (not only the one above).
+    assert len(client.frames_seen) >= 2  # type: ignore[attr-defined]
 
 
 @pytest.mark.parametrize(

@@ -27,11 +27,12 @@ from fastapi.testclient import TestClient
 
 from pipeline.config import Contract, load_settings
 from pipeline.service import errors as service_errors
-from pipeline.service.app import ShadowNotStored, create_app
+from pipeline.service.app import create_app
 from pipeline.service.config import ServiceConfig
 from pipeline.service.contract import record_schema
 from pipeline.service.errors import clean_value, field_errors, summary
 from pipeline.service.model import ServingModel
+from pipeline.service.scoring import ShadowNotStored
 from pipeline.store import ScoreStore, new_score_id, utcnow
 
 from .conftest import TOKEN, _postgres_url, delete_environment, make_repo, unique_env
@@ -352,7 +353,7 @@ def test_a_failed_group_commit_is_retried_request_by_request(service) -> None:
         [_row(ENV, "gc-x", score=None)],
         [_row(ENV, "gc-3")],
     )
-    results = state._commit([good, bad, other])
+    results = state.scoring._commit([good, bad, other])
     assert results[0] == 2 and results[2] == 1, results
     assert isinstance(results[1], sa.exc.IntegrityError)
     for row in (*good, *other):
@@ -373,7 +374,7 @@ def test_a_store_that_is_down_is_not_retried_once_per_request(
     monkeypatch.setattr(state.store, "insert_scores", down)
     batches = [[_row(ENV, f"down-{i}")] for i in range(5)]
     shadow = [_row(ENV, "down-s", shadow=True)]
-    results = state._commit([*batches, shadow])
+    results = state.scoring._commit([*batches, shadow])
     assert all(isinstance(r, sa.exc.OperationalError) for r in results[:5])
     assert isinstance(results[5], ShadowNotStored)
     assert calls == [6, 1], "the shared commit and one retry, not one retry per request"
@@ -384,7 +385,7 @@ def test_an_attacker_costs_honest_clients_nothing_in_shared_commits(tmp_path: Pa
     """Attacker and honest clients in threads, their requests in the same group commits.
 
     Validation now refuses what PostgreSQL would, so the attacker's bad rows are made
-    behind validation: the service's id mapping (`state.pseudonymise`, the step between
+    behind validation: the service's id mapping (`state.scoring.pseudonymise`, the step between
     the validated id and the stored one) puts a NUL into the stored id of every record
     whose id starts with "attack". Those rows really reach PostgreSQL inside the shared
     transaction, which really refuses them.
@@ -394,7 +395,9 @@ def test_an_attacker_costs_honest_clients_nothing_in_shared_commits(tmp_path: Pa
     root = make_repo(tmp_path / "repo", env=environment, store_url=url)
     app = _service(root, commit_wait_ms=20.0)
     state = app.state.service
-    state.pseudonymise = lambda ids: [f"\x00{i}" if i.startswith("attack") else i for i in ids]
+    state.scoring.pseudonymise = lambda ids: [
+        f"\x00{i}" if i.startswith("attack") else i for i in ids
+    ]
     commits: list[tuple[bool, bool, bool]] = []  # (attacker rows, honest rows, succeeded)
     real_insert = state.store.insert_scores
 

@@ -25,11 +25,12 @@ from fastapi.testclient import TestClient
 
 from pipeline.config import load_settings
 from pipeline.errors import ConfigError
-from pipeline.service import app as app_module
+from pipeline.service import state as state_module
 from pipeline.service.app import create_app
 from pipeline.service.config import ServiceConfig
 from pipeline.service.contract import QualityReport
 from pipeline.service.model import ModelRef, ServingModel
+from pipeline.service.routers import audit as audit_router
 from pipeline.store import utcnow
 
 from .conftest import Registry, Server, free_port, make_repo
@@ -301,7 +302,7 @@ def test_the_report_is_built_off_the_event_loop(
             seen.append(False)
         return QualityReport(environment="x", scored_from=start, scored_to=end, scores=0, rows=0)
 
-    monkeypatch.setattr(app_module, "_build_report", build)
+    monkeypatch.setattr(audit_router, "build_report", build)
     assert capped.get("/v1/report", params=WINDOW).status_code == 200
     assert seen == [False]  # no event loop runs in the thread that read and computed
 
@@ -332,7 +333,7 @@ def test_the_first_model_loads_in_the_background_once_the_registry_answers(
 ) -> None:
     """Polling off (interval 0) and a registry down at start: the service listens at
     once, unready, and becomes ready by itself when the registry answers."""
-    monkeypatch.setattr(app_module, "FIRST_LOAD_RETRY", 0.05)
+    monkeypatch.setattr(state_module, "FIRST_LOAD_RETRY", 0.05)
     root = make_repo(tmp_path / "repo", env="svcflaky", store_url=f"sqlite:///{tmp_path / 's.db'}")
     app = create_app(load_settings(root), ServiceConfig(reload_interval=0))
     state = app.state.service

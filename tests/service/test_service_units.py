@@ -11,9 +11,10 @@ from fastapi.testclient import TestClient
 
 from pipeline.config import load_settings
 from pipeline.errors import ConfigError
-from pipeline.service.app import _ScoreJob, create_app, predict_jobs
+from pipeline.service.app import create_app
 from pipeline.service.config import ServiceConfig
 from pipeline.service.model import ServingModel, _threshold, parse_model_uri
+from pipeline.service.scoring import _ScoreJob, predict_jobs
 from pipeline.store import utcnow
 
 from .conftest import make_repo

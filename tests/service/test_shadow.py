@@ -48,6 +48,16 @@ class Shadow:
     def store(self) -> ScoreStore:
         return ScoreStore(self.store_url)
 
+    def history(self, alias: str) -> list[dict]:
+        """The alias history the CLI keeps, in the repository's store."""
+        from pipeline.registry import alias_history
+
+        store = self.store()
+        try:
+            return alias_history(_mlflow(self.registry), store, self.registry.model_name, alias)
+        finally:
+            store.dispose()
+
     def pairs(self, **filters: Any):
         store = self.store()
         try:
@@ -103,7 +113,7 @@ def shadow(model_registry: Registry, tmp_path_factory) -> Iterator[Shadow]:
     overlay["gates"]["evidence"] = {"min_positives": 10, "resamples": 400, "seed": 0}
     overlay["gates"]["register"]["max_pr_auc_drop"] = 0.05
     overlay_path.write_text(yaml.safe_dump(overlay))
-    model_registry.move_alias(ALIAS, 1)
+    model_registry.move_alias(ALIAS, 1, store_url=url)
     server = Server(
         root,
         model_registry,
@@ -156,7 +166,7 @@ def test_without_a_challenger_nothing_is_shadowed(shadow: Shadow) -> None:
 
 
 def test_the_champion_answers_and_both_scores_are_stored_with_the_flag(shadow: Shadow) -> None:
-    shadow.registry.move_alias(CHALLENGER, 2)
+    shadow.registry.move_alias(CHALLENGER, 2, store_url=shadow.store_url)
     shadow.wait_for_models("1", "2")  # hot reload: the challenger appeared
     records = sample_records(shadow.registry, 5, start=1)
     with shadow.server.client() as client:
@@ -267,19 +277,19 @@ def test_report_and_promotion_follow_the_labelled_evidence(shadow: Shadow) -> No
     assert (result["mode"], result["from"], result["to"]) == ("automatic", "1", "2")
     client = _mlflow(registry)
     assert str(client.get_model_version_by_alias(registry.model_name, ALIAS).version) == "2"
-    from pipeline.registry import alias_history, alias_holder
+    from pipeline.registry import alias_holder
 
     assert alias_holder(client, registry.model_name, CHALLENGER) is None
-    event = alias_history(client, registry.model_name, ALIAS)[-1]
+    event = shadow.history(ALIAS)[-1]
     assert event["reason"].startswith("shadow promote (automatic)")
     assert f"{len(items)} labelled shadow scores" in event["reason"]
-    assert alias_history(client, registry.model_name, CHALLENGER)[-1]["version"] is None
+    assert shadow.history(CHALLENGER)[-1]["version"] is None
     shadow.wait_for_models("2", None)  # the service follows: version 2 alone
 
 
 def test_rollback_with_a_challenger_present_and_a_manual_promotion(shadow: Shadow) -> None:
     registry = shadow.registry
-    registry.move_alias(CHALLENGER, 1)  # the old champion challenges the new one
+    registry.move_alias(CHALLENGER, 1, shadow.store_url)  # the old champion challenges the new
     shadow.wait_for_models("2", "1")
     rolled = shadow.crispml("alias", "rollback", "--reason", "test")
     assert rolled.returncode == 0, rolled.stderr
@@ -292,15 +302,13 @@ def test_rollback_with_a_challenger_present_and_a_manual_promotion(shadow: Shado
     time.sleep(0.5)
     assert len(shadow.pairs()) == before  # a challenger equal to the champion: no shadow
 
-    registry.move_alias(CHALLENGER, 2)
+    registry.move_alias(CHALLENGER, 2, shadow.store_url)
     refused = shadow.crispml("shadow", "promote", "--manual")
     assert refused.returncode == 3 and "needs --reason" in refused.stderr
     manual = shadow.crispml("shadow", "promote", "--manual", "--reason", "CAB-7 approved")
     assert manual.returncode == 0, manual.stderr
     assert json.loads(manual.stdout)["mode"] == "manual"
-    from pipeline.registry import alias_history
-
-    event = alias_history(_mlflow(registry), registry.model_name, ALIAS)[-1]
+    event = shadow.history(ALIAS)[-1]
     assert (event["version"], event["reason"]) == ("2", "shadow promote (manual): CAB-7 approved")
     nothing = shadow.crispml("shadow", "promote")
     assert nothing.returncode == 1 and f"holds @{CHALLENGER}" in nothing.stderr

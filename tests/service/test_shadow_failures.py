@@ -139,7 +139,7 @@ def test_a_group_commit_that_fails_on_shadow_rows_still_stores_the_answers(app) 
     rows are committed alone and only the shadow's waiter hears of the failure."""
     import sqlalchemy as sa
 
-    from pipeline.service.app import ShadowNotStored
+    from pipeline.service.scoring import ShadowNotStored
     from pipeline.store import new_score_id, shadow_score_id, utcnow
 
     _client, state, url = app
@@ -177,10 +177,10 @@ def test_a_group_commit_that_fails_on_shadow_rows_still_stores_the_answers(app) 
 
     state.store.insert_scores = refuse_shadows
     try:
-        results = state._commit([[answered], [shadow_row]])
+        results = state.scoring._commit([[answered], [shadow_row]])
         assert results[0] == 1 and isinstance(results[1], ShadowNotStored)
         with pytest.raises(sa.exc.OperationalError):  # only shadows: the error is theirs
-            state._commit([[shadow_row]])
+            state.scoring._commit([[shadow_row]])
     finally:
         del state.store.insert_scores
     store = ScoreStore(url)
