@@ -169,6 +169,12 @@ def test_categories_gaps_and_unseen_values_score_with_every_algorithm(
     plan = plan_features(local, data)
     assert plan.categorical == ["colour", "region"] and plan.log == ["income"]
     model = fit_model(data, plan, local)
+    # Categories, gaps, a log and a datetime clock, all of scikit-learn's or numpy's
+    # parts: the model loads without code of ours (pipeline.saved_model).
+    from pipeline.saved_model import check_loadable, untrusted_types
+
+    assert untrusted_types(model) == []
+    check_loadable(model)
     probability = model.predict_proba(data[local.model_inputs])[:, 1]
     assert np.isfinite(probability).all()
     # The "bad" rows are all red: every algorithm must find that.

@@ -1,4 +1,8 @@
-"""A model carries data, never code: what it may hold, how it is saved, what loading refuses."""
+"""A model carries data, never code: what it may hold, how it is saved, what loading refuses.
+
+That every algorithm's model is built of trusted parts only is checked where those
+models are built on a general table: tests/test_any_table.py.
+"""
 
 from __future__ import annotations
 
@@ -16,7 +20,6 @@ from sklearn.pipeline import make_pipeline
 from pipeline.saved_model import (
     TRUSTED_TYPES,
     UntrustedModel,
-    check_loadable,
     load_model,
     pip_requirements,
     save_options,
@@ -47,33 +50,6 @@ def _save(model, folder: Path) -> Path:
 
     mlflow.sklearn.save_model(model, str(folder), **save_options(model))
     return folder
-
-
-@pytest.mark.parametrize(
-    "algorithm", ["hist_gradient_boosting", "random_forest", "logistic_regression"]
-)
-def test_every_algorithm_builds_a_model_of_trusted_parts_only(settings, algorithm: str) -> None:
-    """Categories, gaps, a log and a datetime clock: every part is scikit-learn's or numpy's."""
-    from pipeline.config import Contract
-    from pipeline.contract import validate
-    from pipeline.features import plan_features
-    from pipeline.train import fit_model
-    from tests.test_any_table import CONTRACT, table
-
-    contract = Contract.model_validate(CONTRACT)
-    curate = settings.curate.model_copy(
-        update={
-            "features": settings.curate.features.model_copy(
-                update={"log": ["income"], "time_of_day": "when"}
-            )
-        }
-    )
-    train = settings.train.model_copy(update={"algorithm": algorithm})
-    local = settings.model_copy(update={"contract": contract, "curate": curate, "train": train})
-    data = validate(table(600), contract)
-    model = fit_model(data, plan_features(local, data), local)
-    assert untrusted_types(model) == []
-    check_loadable(model)
 
 
 def test_a_class_of_ours_inside_the_model_is_refused_at_save(tmp_path: Path) -> None:

@@ -110,6 +110,39 @@ def _merge(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+class ConstantModel:
+    """A stand-in model: every record scores 0.3, so a test needs no registry or training."""
+
+    def predict_proba(self, frame: Any) -> Any:
+        import numpy as np
+
+        return np.tile([0.7, 0.3], (len(frame), 1))
+
+
+def app_serving_constant(root: Path, config: Any) -> Any:
+    """The app of `root` serving `ConstantModel`: its store migrated, nothing else loaded."""
+    from pipeline.config import load_settings
+    from pipeline.service.app import create_app
+    from pipeline.service.model import ServingModel
+    from pipeline.store import utcnow
+
+    app = create_app(load_settings(root), config)
+    state = app.state.service
+    state.store.migrate()
+    state.models.current = ServingModel(
+        model=ConstantModel(),
+        name="fraud",
+        version="1",
+        run_id="r",
+        threshold=0.5,
+        git_commit="c",
+        uri="test:constant",
+        loaded_at=utcnow(),
+    )
+    state.prepared = True  # the lifespan must not look for a registry
+    return app
+
+
 def make_repo(
     folder: Path,
     *,

@@ -18,24 +18,27 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import pandas as pd
 import pytest
 import sqlalchemy as sa
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from pipeline.config import Contract, load_settings
+from pipeline.config import Contract
 from pipeline.service import errors as service_errors
-from pipeline.service.app import create_app
 from pipeline.service.config import ServiceConfig
 from pipeline.service.contract import record_schema
 from pipeline.service.errors import clean_value, field_errors, summary
-from pipeline.service.model import ServingModel
 from pipeline.service.scoring import ShadowNotStored
 from pipeline.store import ScoreStore, new_score_id, utcnow
 
-from .conftest import TOKEN, _postgres_url, delete_environment, make_repo, unique_env
+from .conftest import (
+    TOKEN,
+    _postgres_url,
+    app_serving_constant,
+    delete_environment,
+    make_repo,
+    unique_env,
+)
 from .general_case import FEATURES, INPUTS, RECORD, TARGET
 
 ENV = "svchostile"
@@ -44,32 +47,9 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 CONTROLS = ["\x00", "\x1b", "\x7f", "\x85", "\t", "\n"]
 
 
-class _Constant:
-    """A stand-in model: every record scores 0.3."""
-
-    def predict_proba(self, frame: pd.DataFrame) -> np.ndarray:
-        return np.tile([0.7, 0.3], (len(frame), 1))
-
-
 def _service(root: Path, **config: Any) -> FastAPI:
-    """The app of `root`, serving `_Constant` (its store migrated, nothing else loaded)."""
-    app = create_app(
-        load_settings(root), ServiceConfig(api_token=TOKEN, reload_interval=0, **config)
-    )
-    state = app.state.service
-    state.store.migrate()
-    state.models.current = ServingModel(
-        model=_Constant(),
-        name="fraud",
-        version="1",
-        run_id="r",
-        threshold=0.5,
-        git_commit="c",
-        uri="test:constant",
-        loaded_at=utcnow(),
-    )
-    state.prepared = True  # the lifespan must not look for a registry
-    return app
+    """The app of `root`, serving a constant model (its store migrated, nothing else loaded)."""
+    return app_serving_constant(root, ServiceConfig(api_token=TOKEN, reload_interval=0, **config))
 
 
 @pytest.fixture(scope="module")

@@ -11,52 +11,27 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import pandas as pd
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from pipeline.config import load_settings
 from pipeline.errors import ConfigError
-from pipeline.service.app import create_app
 from pipeline.service.config import ServiceConfig
-from pipeline.service.model import ServingModel
 from pipeline.service.ratelimit import RateLimiter
-from pipeline.store import utcnow
 
-from .conftest import make_repo
+from .conftest import app_serving_constant, make_repo
 
 ENV = "svclimit"
 SCORE_A, SCORE_B, READ, ADMIN = "score-a-token-1", "score-b-token-22", "read-token-3", "admin-tok-4"
 ROLE_TOKENS = (("score", SCORE_A), ("score", SCORE_B), ("read", READ))
 
 
-class _Constant:
-    def predict_proba(self, frame: pd.DataFrame) -> np.ndarray:
-        return np.tile([0.7, 0.3], (len(frame), 1))
-
-
 def _app(tmp_path: Path, **config: Any) -> FastAPI:
-    """The app of a fresh repository serving `_Constant` (store migrated, no registry)."""
+    """The app of a fresh repository serving a constant model (store migrated, no registry)."""
     url = f"sqlite:///{tmp_path / 'scores.db'}"
     root = make_repo(tmp_path / "repo", env=ENV, store_url=url)
     settings = {"api_token": ADMIN, "api_tokens": ROLE_TOKENS, "reload_interval": 0, **config}
-    app = create_app(load_settings(root), ServiceConfig(**settings))
-    state = app.state.service
-    state.store.migrate()
-    state.models.current = ServingModel(
-        model=_Constant(),
-        name="fraud",
-        version="1",
-        run_id="r",
-        threshold=0.5,
-        git_commit="c",
-        uri="test:constant",
-        loaded_at=utcnow(),
-    )
-    state.prepared = True  # the lifespan must not look for a registry
-    return app
+    return app_serving_constant(root, ServiceConfig(**settings))
 
 
 @pytest.fixture
