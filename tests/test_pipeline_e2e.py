@@ -171,34 +171,43 @@ def _file_digests(folder: Path) -> dict[str, str]:
 
 
 def test_the_registered_model_is_the_artifact_train_wrote(reproduced: Path, tmp_path) -> None:
-    """Byte for byte, MLmodel included: register logs train's folder, never a re-save."""
-    import mlflow.artifacts
+    """Byte for byte, MLmodel included: register logs train's folder, never a re-save.
 
-    from pipeline.tracking import pointed_at
+    Downloaded by MLflow's own CLI in a process of its own: this process's MLflow keeps
+    a store per URI, and an earlier test replaced the database file under it.
+    """
+    import sys
+
+    from pipeline.registry import ARTIFACT_TAG, artifact_hash
 
     uri = f"sqlite:///{reproduced / 'mlflow.db'}"
-    with pointed_at(uri):
-        local = Path(
-            mlflow.artifacts.download_artifacts(
-                artifact_uri="models:/crispml-fraud@dev", dst_path=str(tmp_path)
-            )
-        )
+    script = (
+        "import json, sys, mlflow; from mlflow import MlflowClient\n"
+        "client = MlflowClient()\n"
+        "version = client.get_model_version_by_alias('crispml-fraud', 'dev')\n"
+        "path = mlflow.artifacts.download_artifacts("
+        "artifact_uri='models:/crispml-fraud@dev', dst_path=sys.argv[1])\n"
+        "print(json.dumps({'path': path, 'tags': version.tags}))\n"
+    )
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "MLFLOW_REGISTRY_URI": uri}
+    result = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path / "registered")],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    answer = json.loads(result.stdout.strip().splitlines()[-1])
     trained = _file_digests(reproduced / "data" / "models" / "model")
-    registered = _file_digests(local)
+    registered = _file_digests(Path(answer["path"]))
     # MLflow adds one file of its own when it downloads a registered version.
     registered.pop("registered_model_meta", None)
     assert trained and registered == trained
     # The receipt and the version's tag name the same artifact.
-    from mlflow import MlflowClient
-
-    from pipeline.registry import ARTIFACT_TAG, artifact_hash
-
     receipt = json.loads((reproduced / "reports" / "registered.json").read_text())
-    version = MlflowClient(tracking_uri=uri, registry_uri=uri).get_model_version(
-        "crispml-fraud", receipt["candidate_version"]
-    )
     assert receipt["artifact_sha256"] == artifact_hash(reproduced / "data" / "models" / "model")
-    assert version.tags[ARTIFACT_TAG] == receipt["artifact_sha256"]
+    assert answer["tags"][ARTIFACT_TAG] == receipt["artifact_sha256"]
 
 
 def test_mlflow_serves_the_registered_model_without_crispml(reproduced: Path, tmp_path) -> None:
