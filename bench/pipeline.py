@@ -1,14 +1,23 @@
-"""Benchmark the whole pipeline: `dvc repro` end to end on the default data, per algorithm.
+"""Benchmark the pipeline against the same ML work done by one plain script.
 
-Each algorithm runs in a fresh copy of the repository with its own MLflow database and
-score store, so nothing is skipped or reused: the figure is a cold, complete run. The
-per-stage wall time and peak memory come from the stages' own reports/perf/*.json.
-A second `dvc repro` right after measures the no-op check.
+For each algorithm, in a fresh copy of the repository (its own MLflow database and score
+store, so nothing is skipped or reused), in this order:
 
-    python bench/pipeline.py                      # hist_gradient_boosting and random_forest
-    python bench/pipeline.py --algorithm random_forest --rows 284807
-    python bench/pipeline.py --data real          # the real fraud data (environment `real`)
-    python bench/pipeline.py --data both          # the generator, then the real data
+1. `bench/baseline.py`: the same ML work in one process, no DVC (timed from outside);
+2. a cold `dvc repro`, then a second `dvc repro` that has nothing to do (the no-op check);
+3. the fixed cost of a score and a label stage: `crispml score --frame F` and
+   `crispml label --frame F` on a 10-row frame, median of three, process start to exit.
+
+The figure is the ratio of 2 to 1, measured in the same run: the machines are noisy, the
+ratio much less so. Per-stage wall time and peak memory come from reports/perf/*.json,
+and score and label rows/s from the stages' own receipts and wall times.
+
+    python bench/pipeline.py                          # gradient boosting and random forest
+    python bench/pipeline.py --algorithm random_forest
+    python bench/pipeline.py --rows 2848070           # any generator size
+    python bench/pipeline.py --growth 10              # 1x, then 10x the rows: time and memory
+    python bench/pipeline.py --per-frame-stages       # score and label as one stage per frame
+    python bench/pipeline.py --data real              # the real fraud data (environment `real`)
 
 The real data is ../shared/data/creditcard.parquet, read through the shipped
 `environments/real` overlay (`crispml env use real`): params only, as a user would.
@@ -23,16 +32,24 @@ import json
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+import yaml
+
 ROOT = Path(__file__).resolve().parents[1]
-COPY = ["pipeline", "params.yaml", "dvc.yaml", "environments", "pyproject.toml", ".gitignore"]
-TARGETS = {"hist_gradient_boosting": 120.0, "random_forest": 300.0}
+COPY = ["pipeline", "bench", "environments"]
+COPY_FILES = ["params.yaml", "dvc.yaml", "pyproject.toml", ".gitignore"]
+RATIO_TARGET = 1.25
+GROWTH_TARGET = 10.5
 PEAK_MEMORY_TARGET_MB = 2048.0
+NOOP_TARGET_SECONDS = 3.0
+FIXED_COST_TARGET_SECONDS = 1.0
+FIXED_COST_ROWS = 10
 
 
 def _run(cmd: list[str], cwd: Path, env: dict[str, str]) -> float:
@@ -48,61 +65,166 @@ def _set_param(text: str, key: str, value: str) -> str:
     return new
 
 
-def bench(algorithm: str, rows: int | None, data: str = "generator") -> dict:
-    with tempfile.TemporaryDirectory(prefix=f"crispml-bench-{algorithm}-") as tmp:
-        work = Path(tmp) / "project"
-        work.mkdir()
-        if data == "real":
-            # The overlay reads ../shared/data/creditcard.parquet, relative to the project.
-            (Path(tmp) / "shared").symlink_to(ROOT.parent / "shared")
-        for name in COPY:
-            source = ROOT / name
-            target = work / name
-            if source.is_dir():
-                shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__"))
-            else:
-                shutil.copy2(source, target)
-        params = (work / "params.yaml").read_text()
-        params = _set_param(params, "algorithm", algorithm)
-        if rows is not None:
-            params = _set_param(params, "rows", str(rows))
-        (work / "params.yaml").write_text(params)
-        env = {
-            k: v
-            for k, v in os.environ.items()
-            if k not in ("MLFLOW_TRACKING_URI", "CRISPML_STORE_URL")
+def per_frame_stages(dvc_yaml: str) -> str:
+    """The shipped dvc.yaml with score and label as one stage per frame (`foreach`).
+
+    The layout before issue 11, kept here to measure it beside the shipped one: the
+    same commands and code deps, each frame's own prepared file, receipt and parquet.
+    """
+    spec = yaml.safe_load(dvc_yaml)
+    stages = spec["stages"]
+
+    def per_frame(name: str, data_deps: dict[str, str], outs: list) -> dict:
+        stage = stages[name]
+        return {
+            "foreach": "${frames.score}",
+            "do": {
+                "cmd": f"crispml {name} --frame ${{item}}",
+                "deps": [d for d in stage["deps"] if d not in data_deps] + list(data_deps.values()),
+                "params": [p for p in stage["params"] if p != "frames.score"],
+                "outs": outs,
+            },
         }
-        env["CRISPML_GIT_COMMIT"] = "bench"
+
+    stages["score"] = per_frame(
+        "score",
+        {"data/prepared": "data/prepared/frame_${item}.parquet"},
+        [
+            "data/scored/frame_${item}.parquet",
+            {"reports/score/frame_${item}.json": {"cache": False}},
+        ],
+    )
+    stages["label"] = per_frame(
+        "label",
+        {
+            "data/scored": "data/scored/frame_${item}.parquet",
+            "reports/score": "reports/score/frame_${item}.json",
+            "data/prepared": "data/prepared/frame_${item}.parquet",
+        },
+        [{"reports/labels/frame_${item}.json": {"cache": False}}],
+    )
+    return yaml.safe_dump(spec, sort_keys=False)
+
+
+def _project(tmp: Path, algorithm: str, rows: int | None, data: str, per_frame: bool) -> Path:
+    work = tmp / "project"
+    work.mkdir()
+    if data == "real":
+        # The overlay reads ../shared/data/creditcard.parquet, relative to the project.
+        (tmp / "shared").symlink_to(ROOT.parent / "shared")
+    for name in COPY:
+        shutil.copytree(ROOT / name, work / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in COPY_FILES:
+        shutil.copy2(ROOT / name, work / name)
+    params = (work / "params.yaml").read_text()
+    params = _set_param(params, "algorithm", algorithm)
+    if rows is not None:
+        params = _set_param(params, "rows", str(rows))
+    (work / "params.yaml").write_text(params)
+    if per_frame:
+        (work / "dvc.yaml").write_text(per_frame_stages((work / "dvc.yaml").read_text()))
+    return work
+
+
+def _environment(work: Path) -> dict[str, str]:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("MLFLOW_TRACKING_URI", "CRISPML_STORE_URL", "VIRTUAL_ENV_PROMPT")
+    }
+    env["CRISPML_GIT_COMMIT"] = "bench"
+    # The copy's own code, not the installed one (an editable install points elsewhere).
+    env["PYTHONPATH"] = str(work)
+    return env
+
+
+def fixed_costs(work: Path, env: dict[str, str], frame: int) -> dict:
+    """Process start to exit of `crispml score` and `crispml label` on a 10-row frame."""
+    import pandas as pd
+
+    prepared = work / "data" / "prepared" / f"frame_{frame}.parquet"
+
+    pd.read_parquet(prepared).head(FIXED_COST_ROWS).to_parquet(prepared, index=False)
+    figures = {}
+    for step in ("score", "label"):
+        runs = [_run(["crispml", step, "--frame", str(frame)], work, env) for _ in range(3)]
+        figures[f"{step}_seconds"] = round(statistics.median(runs), 2)
+    figures["rows"] = FIXED_COST_ROWS
+    figures["target_seconds"] = FIXED_COST_TARGET_SECONDS
+    return figures
+
+
+def _stage_figures(work: Path) -> dict[str, dict]:
+    stages = {}
+    for path in sorted((work / "reports" / "perf").glob("*.json")):
+        figures = json.loads(path.read_text())
+        stages[figures["stage"]] = {
+            "wall_seconds": figures["wall_seconds"],
+            "cpu_seconds": figures["cpu_seconds"],
+            "peak_memory_mb": figures["peak_memory_mb"],
+        }
+    return stages
+
+
+def _rows_per_second(work: Path, stages: dict[str, dict], step: str, folder: str) -> dict:
+    receipts = [json.loads(p.read_text()) for p in (work / "reports" / folder).glob("*.json")]
+    rows = sum(r.get("rows", r.get("labeled", 0)) for r in receipts)
+    seconds = sum(s["wall_seconds"] for name, s in stages.items() if name.startswith(step))
+    return {
+        "rows": rows,
+        "stage_seconds": round(seconds, 2),
+        "rows_per_second": round(rows / seconds),
+    }
+
+
+def bench(
+    algorithm: str,
+    rows: int | None,
+    data: str = "generator",
+    *,
+    per_frame: bool = False,
+    baseline: bool = True,
+) -> dict:
+    with tempfile.TemporaryDirectory(prefix=f"crispml-bench-{algorithm}-") as tmp:
+        work = _project(Path(tmp), algorithm, rows, data, per_frame)
+        env = _environment(work)
         for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"]):
             _run(cmd, work, env)
         if data == "real":
             _run(["crispml", "env", "use", "real"], work, env)
-        end_to_end = _run(["dvc", "repro"], work, env)
-        noop = _run(["dvc", "repro"], work, env)
-        stages = {}
-        for path in sorted((work / "reports" / "perf").glob("*.json")):
-            figures = json.loads(path.read_text())
-            stages[figures["stage"]] = {
-                "wall_seconds": figures["wall_seconds"],
-                "cpu_seconds": figures["cpu_seconds"],
-                "peak_memory_mb": figures["peak_memory_mb"],
-            }
+        result: dict = {"data": data, "algorithm": algorithm}
+        if baseline:
+            script = [sys.executable, str(work / "bench" / "baseline.py"), "--root", str(work)]
+            started = time.perf_counter()
+            out = subprocess.run(script, cwd=work, env=env, check=True, capture_output=True)
+            result["baseline_seconds"] = round(time.perf_counter() - started, 1)
+            result["baseline"] = json.loads(out.stdout)
+        pipeline_seconds = _run(["dvc", "repro"], work, env)
+        result["pipeline_seconds"] = round(pipeline_seconds, 1)
+        if baseline:
+            result["ratio"] = round(pipeline_seconds / result["baseline_seconds"], 3)
+            result["ratio_target"] = RATIO_TARGET
+        result["noop_repro_seconds"] = round(_run(["dvc", "repro"], work, env), 2)
+        result["noop_target_seconds"] = NOOP_TARGET_SECONDS
+        stages = _stage_figures(work)
         metrics = json.loads((work / "reports" / "metrics.json").read_text())
-        peak = max(s["peak_memory_mb"] for s in stages.values())
-        return {
-            "data": data,
-            "algorithm": algorithm,
-            "rows": json.loads((work / "reports" / "ingest.json").read_text())["rows"],
-            "end_to_end_seconds": round(end_to_end, 1),
-            "end_to_end_target_seconds": TARGETS.get(algorithm),
-            "noop_repro_seconds": round(noop, 2),
-            "peak_memory_mb": peak,
-            "peak_memory_target_mb": PEAK_MEMORY_TARGET_MB,
-            "stage_seconds_total": round(sum(s["wall_seconds"] for s in stages.values()), 1),
-            "pr_auc": round(metrics["pr_auc"], 4),
-            "roc_auc": round(metrics["roc_auc"], 4),
-            "stages": stages,
-        }
+        frame = json.loads((work / "reports" / "ingest.json").read_text())
+        result.update(
+            {
+                "layout": "stage per frame" if per_frame else "one stage for all frames",
+                "rows": frame["rows"],
+                "peak_memory_mb": max(s["peak_memory_mb"] for s in stages.values()),
+                "peak_memory_target_mb": PEAK_MEMORY_TARGET_MB,
+                "stage_seconds_total": round(sum(s["wall_seconds"] for s in stages.values()), 1),
+                "pr_auc": round(metrics["pr_auc"], 4),
+                "score": _rows_per_second(work, stages, "score", "score"),
+                "label": _rows_per_second(work, stages, "label", "labels"),
+                "stages": stages,
+            }
+        )
+        scored = json.loads(next((work / "reports" / "score").glob("*.json")).read_text())
+        result["fixed_cost"] = fixed_costs(work, env, scored["frame"])
+        return result
 
 
 def main() -> None:
@@ -119,6 +241,18 @@ def main() -> None:
         "--rows", type=int, default=None, help="generator rows (default: params.yaml)"
     )
     parser.add_argument(
+        "--growth",
+        type=int,
+        default=None,
+        metavar="K",
+        help="also run the pipeline (no baseline) at K times the rows; print the growth",
+    )
+    parser.add_argument(
+        "--per-frame-stages",
+        action="store_true",
+        help="score and label as one stage per frame (foreach), to compare layouts",
+    )
+    parser.add_argument(
         "--data",
         choices=["generator", "real", "both"],
         default="generator",
@@ -126,12 +260,36 @@ def main() -> None:
     )
     args = parser.parse_args()
     datasets = ["generator", "real"] if args.data == "both" else [args.data]
-    results = [
-        bench(a, args.rows if d == "generator" else None, d)
+    algorithms = args.algorithm or ["hist_gradient_boosting", "random_forest"]
+    runs = [
+        bench(a, args.rows if d == "generator" else None, d, per_frame=args.per_frame_stages)
         for d in datasets
-        for a in args.algorithm or list(TARGETS)
+        for a in algorithms
     ]
-    print(json.dumps({"machine": {"cpus": os.cpu_count()}, "runs": results}, indent=2))
+    report: dict = {"machine": {"cpus": os.cpu_count()}, "runs": runs}
+    if args.growth:
+        report["growth"] = []
+        for first in (r for r in runs if r["data"] == "generator"):
+            scaled = bench(
+                first["algorithm"],
+                first["rows"] * args.growth,
+                per_frame=args.per_frame_stages,
+                baseline=False,
+            )
+            report["growth"].append(
+                {
+                    "algorithm": first["algorithm"],
+                    "rows": [first["rows"], scaled["rows"]],
+                    "pipeline_seconds": [first["pipeline_seconds"], scaled["pipeline_seconds"]],
+                    "time_ratio": round(scaled["pipeline_seconds"] / first["pipeline_seconds"], 2),
+                    "time_ratio_target": GROWTH_TARGET * args.growth / 10,
+                    "peak_memory_mb": scaled["peak_memory_mb"],
+                    "peak_memory_target_mb": PEAK_MEMORY_TARGET_MB,
+                    "verify_seconds": scaled["stages"]["verify"]["wall_seconds"],
+                    "stages": scaled["stages"],
+                }
+            )
+    print(json.dumps(report, indent=2))
 
 
 if __name__ == "__main__":

@@ -10,6 +10,9 @@ After our run, the score store is counted: every 200 must be a stored row.
     python bench/serve.py --root .
     # or build a throwaway one with the real pipeline on small data first (about 45 s):
     python bench/serve.py --demo
+    # 1, 2 and 3 worker processes (`crispml serve --workers N`) against PostgreSQL:
+    python bench/serve.py --demo --workers 1 2 3 --skip-mlflow \
+        --store-url postgresql+psycopg://postgres@127.0.0.1:5432/bench
 
 Prints one JSON document. Targets (2 cores): our throughput >= MLflow's at each
 concurrency while storing every score, and our p99 at concurrency 8 below 50 ms.
@@ -18,12 +21,20 @@ On a machine shared with other work, throughput and latency follow the neighbour
 (the same code measured twice can differ by half). `server_cpu_ms_per_request`, the CPU
 time our server process spent per answered request, depends far less on them: compare
 that figure when judging a change of our code on a busy machine.
+
+With `--workers`, our server runs once per worker count (one after the other), each
+against the same store; several workers need a PostgreSQL `--store-url`. The stored
+count is checked per run, as the difference of the environment's online scores before
+and after it, so point the bench at a database where nothing else scores the same
+environment meanwhile. `server_cpu_ms_per_request` then adds up the CPU of the
+supervisor and all its workers.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -99,6 +110,17 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def tree_cpu_seconds(pid: int) -> float:
+    """`cpu_seconds` of a process and of its living descendants (the workers of a
+    supervisor): what the whole server spent, however many processes it runs."""
+    total = cpu_seconds(pid)
+    for listing in Path(f"/proc/{pid}/task").glob("*/children"):
+        for child in listing.read_text().split():
+            with contextlib.suppress(FileNotFoundError, ProcessLookupError):  # exited
+                total += tree_cpu_seconds(int(child))
+    return total
+
+
 async def _load(host: str, port: int, bodies: list[bytes], concurrency: int) -> dict[str, Any]:
     per_client = [bodies[i::concurrency] for i in range(concurrency)]
     latencies: list[float] = []
@@ -131,8 +153,8 @@ def run_load(
     warmup: int,
     server_pid: int | None = None,
 ) -> dict[str, Any]:
-    """The load figures of `total` requests after `warmup`; with `server_pid` (a server
-    that runs in one process), also the CPU time it spent per request."""
+    """The load figures of `total` requests after `warmup`; with `server_pid`, also the
+    CPU time the server (with its worker processes) spent per request."""
     bodies = [_request(host, port, path, payloads[i % len(payloads)]) for i in range(total)]
     warm = [_request(host, port, path, payloads[i % len(payloads)]) for i in range(warmup)]
     try:
@@ -142,10 +164,10 @@ def run_load(
     except ImportError:  # pragma: no cover
         runner = asyncio.run
     runner(_load(host, port, warm, concurrency))
-    before = cpu_seconds(server_pid) if server_pid is not None else 0.0
+    before = tree_cpu_seconds(server_pid) if server_pid is not None else 0.0
     result = runner(_load(host, port, bodies, concurrency))
     if server_pid is not None:
-        spent = cpu_seconds(server_pid) - before
+        spent = tree_cpu_seconds(server_pid) - before
         result["server_cpu_ms_per_request"] = round(spent / result["requests"] * 1000, 3)
     return result
 
@@ -172,6 +194,26 @@ def wait_http(url: str, process: subprocess.Popen, timeout: float = 120.0) -> No
             pass
         time.sleep(0.3)
     raise RuntimeError(f"{url} did not answer 200 within {timeout} s")
+
+
+def wait_workers(url: str, process: subprocess.Popen, workers: int, timeout: float = 120.0) -> None:
+    """Until `workers` distinct worker processes answered ready (each loads its own model);
+    every request opens a new connection, which any worker may accept."""
+    if workers < 2:
+        return
+    seen: set[str] = set()
+    deadline = time.monotonic() + timeout
+    while len(seen) < workers and time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                seen.add(response.headers.get("x-crispml-worker", ""))
+        except OSError:
+            pass
+        time.sleep(0.05)
+    if len(seen) < workers:
+        raise RuntimeError(f"only {len(seen)} of {workers} workers answered within {timeout} s")
 
 
 def start(command: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
@@ -233,6 +275,80 @@ def records(settings: Any, count: int) -> list[dict[str, Any]]:
     return out
 
 
+# ------------------------------------------------------------------ our server
+
+
+def run_ours(
+    args: argparse.Namespace,
+    root: Path,
+    host: str,
+    env: dict[str, str],
+    workdir: Path,
+    store_url: str,
+    environment: str,
+    name: str,
+    version: str,
+    workers: int,
+    payloads: list[bytes],
+) -> dict[str, Any]:
+    """Every concurrency level against `crispml serve --workers <workers>`, then the
+    store's count of what that run stored against what it answered."""
+    from pipeline.store import ScoreStore
+
+    def stored_now() -> int:
+        store = ScoreStore(store_url)
+        try:
+            store.migrate()
+            return store.count_scores(channel="api", environment=environment, shadow=False)
+        finally:
+            store.dispose()
+
+    before = stored_now()
+    out: dict[str, Any] = {"workers": workers}
+    port = free_port()
+    command = [
+        sys.executable,
+        "-m",
+        "pipeline.cli",
+        "serve",
+        "--root",
+        str(root),
+        "--port",
+        str(port),
+        "--model-uri",
+        f"models:/{name}/{version}",
+        "--workers",
+        str(workers),
+    ]
+    ours = start(command, env, workdir / f"crispml-w{workers}.log")
+    try:
+        wait_http(f"http://{host}:{port}/readyz", ours)
+        wait_workers(f"http://{host}:{port}/readyz", ours, workers)
+        sent = 0
+        for level in args.concurrency:
+            out[f"c{level}"] = run_load(
+                host,
+                port,
+                "/v1/score",
+                payloads,
+                args.requests,
+                level,
+                args.warmup,
+                server_pid=ours.pid,
+            )
+            sent += args.requests + args.warmup
+    finally:
+        stop(ours)
+    stored = stored_now() - before
+    answered = sum(
+        out[f"c{level}"]["requests"] - out[f"c{level}"]["non_200"] for level in args.concurrency
+    ) + args.warmup * len(args.concurrency)
+    out["stored_scores"] = stored
+    out["answered_200"] = answered
+    out["every_answer_stored"] = answered <= stored <= sent
+    return out
+
+
 # ------------------------------------------------------------------ main
 
 
@@ -243,6 +359,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--requests", type=int, default=3000, help="per concurrency level")
     parser.add_argument("--warmup", type=int, default=300)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
+    parser.add_argument(
+        "--workers",
+        type=int,
+        nargs="+",
+        default=[1],
+        help="worker counts of `crispml serve --workers N` to measure, one after the other",
+    )
+    parser.add_argument(
+        "--store-url",
+        help="score store for our server (default: a throwaway SQLite file); "
+        "PostgreSQL is needed for more than one worker",
+    )
     parser.add_argument("--skip-mlflow", action="store_true")
     parser.add_argument(
         "--mlflow-omp1",
@@ -252,13 +380,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
     if not args.root and not args.demo:
         parser.error("give --root (a repository with a registered model) or --demo")
+    if max(args.workers) > 1 and not (args.store_url or "").startswith("postgresql"):
+        parser.error("--workers above 1 needs --store-url postgresql+psycopg://...")
 
     workdir = Path(tempfile.mkdtemp(prefix="crispml-bench-"))
     root = build_demo(workdir / "repo") if args.demo else args.root.resolve()
 
     from pipeline import registry, tracking
     from pipeline.config import load_settings
-    from pipeline.store import ScoreStore
 
     settings = load_settings(root)
     client = tracking.configure(settings)
@@ -273,7 +402,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     mlflow_payloads = [
         json.dumps({"dataframe_records": [{k: r[k] for k in inputs}]}).encode() for r in data
     ]
-    store_url = f"sqlite:///{workdir / 'bench-scores.db'}"
+    store_url = args.store_url or f"sqlite:///{workdir / 'bench-scores.db'}"
     base_env = {
         **os.environ,
         "MLFLOW_TRACKING_URI": settings.tracking_uri,
@@ -288,52 +417,24 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         # Other work on the machine skews both sides: say how busy it was.
         "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
         "requests_per_level": args.requests,
-        "crispml": {},
     }
 
-    port = free_port()
-    ours = start(
-        [
-            sys.executable,
-            "-m",
-            "pipeline.cli",
-            "serve",
-            "--root",
-            str(root),
-            "--port",
-            str(port),
-            "--model-uri",
-            f"models:/{name}/{version}",
-        ],
-        base_env,
-        workdir / "crispml.log",
-    )
-    try:
-        wait_http(f"http://{host}:{port}/readyz", ours)
-        sent = 0
-        for level in args.concurrency:
-            result["crispml"][f"c{level}"] = run_load(
-                host,
-                port,
-                "/v1/score",
-                ours_payloads,
-                args.requests,
-                level,
-                args.warmup,
-                server_pid=ours.pid,
-            )
-            sent += args.requests + args.warmup
-    finally:
-        stop(ours)
-    store = ScoreStore(store_url)
-    stored = store.count_scores(channel="api")
-    store.dispose()
-    answered = sum(
-        r["requests"] - r["non_200"] for r in result["crispml"].values()
-    ) + args.warmup * len(args.concurrency)
-    result["crispml"]["stored_scores"] = stored
-    result["crispml"]["answered_200"] = answered
-    result["crispml"]["every_answer_stored"] = stored >= answered and stored <= sent
+    for workers in args.workers:
+        # One worker keeps the key of earlier results; more get their own.
+        key = "crispml" if args.workers == [1] else f"crispml_w{workers}"
+        result[key] = run_ours(
+            args,
+            root,
+            host,
+            base_env,
+            workdir,
+            store_url,
+            settings.env,
+            name,
+            version,
+            workers,
+            ours_payloads,
+        )
 
     variants = [] if args.skip_mlflow else [("mlflow", {})]
     if args.mlflow_omp1 and not args.skip_mlflow:
@@ -371,17 +472,29 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     result["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     verdict: dict[str, Any] = {}
+    first = "crispml" if args.workers == [1] else f"crispml_w{args.workers[0]}"
     for label, _extra in variants:
         for level in args.concurrency:
-            ours = result["crispml"][f"c{level}"]["throughput_rps"]
+            ours = result[first][f"c{level}"]["throughput_rps"]
             theirs = result[label][f"c{level}"]["throughput_rps"]
             verdict[f"throughput_ratio_vs_{label}_c{level}"] = round(ours / theirs, 2)
     if verdict:
         result["verdict"] = verdict
-    if 8 in args.concurrency:
+    if 8 in args.concurrency and "crispml" in result:
         result.setdefault("verdict", {})["p99_c8_below_50ms"] = (
             result["crispml"]["c8"]["p99_ms"] < 50
         )
+    if len(args.workers) > 1:
+        result["by_workers"] = {
+            str(w): {
+                f"c{level}": {
+                    "throughput_rps": result[f"crispml_w{w}"][f"c{level}"]["throughput_rps"],
+                    "p99_ms": result[f"crispml_w{w}"][f"c{level}"]["p99_ms"],
+                }
+                for level in args.concurrency
+            }
+            for w in args.workers
+        }
     print(json.dumps(result, indent=2))
     shutil.rmtree(workdir, ignore_errors=True)
     return result

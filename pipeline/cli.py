@@ -180,29 +180,42 @@ def register(settings) -> dict:
     return step.run(settings)
 
 
-FRAME_OPTION = click.option(
-    "--frame", type=click.IntRange(min=1), required=True, help="Frame number."
+FRAMES_OPTION = click.option(
+    "--frame",
+    "frames",
+    type=click.IntRange(min=1),
+    multiple=True,
+    help="Frame number; repeat for several (default: every frame of frames.score).",
 )
 
 
+def _frames_stage(step: str) -> Callable[..., str]:
+    """The perf name: `score` for the stage's run over frames.score, `score_7` for one frame."""
+    return lambda frames: "_".join([step, *map(str, frames)])
+
+
+def _frames(settings, frames: tuple[int, ...]) -> list[int]:
+    return list(frames) or list(settings.frames.score)
+
+
 @cli.command()
-@FRAME_OPTION
-@stage(lambda frame: f"score_{frame}")
-def score(settings, frame: int) -> dict:
-    """Batch-score one frame with the alias holder and store every score with lineage."""
+@FRAMES_OPTION
+@stage(_frames_stage("score"))
+def score(settings, frames: tuple[int, ...]) -> dict:
+    """Batch-score frames with the alias holder and store every score with lineage."""
     from pipeline import score as step
 
-    return step.run(settings, frame)
+    return {"frames": step.run_frames(settings, _frames(settings, frames))}
 
 
 @cli.command()
-@FRAME_OPTION
-@stage(lambda frame: f"label_{frame}")
-def label(settings, frame: int) -> dict:
-    """Import the ground truth for one scored frame (idempotent upsert)."""
+@FRAMES_OPTION
+@stage(_frames_stage("label"))
+def label(settings, frames: tuple[int, ...]) -> dict:
+    """Import the ground truth for scored frames (idempotent upsert)."""
     from pipeline import label as step
 
-    return step.run(settings, frame)
+    return {"frames": step.run_frames(settings, _frames(settings, frames))}
 
 
 @cli.command()
@@ -397,12 +410,20 @@ def exit_codes() -> None:
     help="models:/<name>@<alias>, models:/<name>/<n> or "
     "a local model folder (default: the environment's registry alias).",
 )
-def serve(root: Path | None, host: str, port: int, model_uri: str | None) -> None:
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 64),
+    default=1,
+    show_default=True,
+    help="Worker processes on the one port, each with its own model and micro-batcher; "
+    "more than 1 needs a PostgreSQL store.",
+)
+def serve(root: Path | None, host: str, port: int, model_uri: str | None, workers: int) -> None:
     """Online scoring service: every answered score is stored first (docs at /docs)."""
     from pipeline.service.server import run
 
     try:
-        run(root, host, port, model_uri)
+        run(root, host, port, model_uri, workers=workers)
     except CrispError as error:
         fail(error)
 

@@ -13,9 +13,12 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
+if TYPE_CHECKING:
+    # Imported where a frame is written: a stage that writes only JSON (source, and
+    # every stage's perf record) does not pay pandas' import for it.
+    import pandas as pd
 
 
 @contextlib.contextmanager

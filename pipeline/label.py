@@ -10,6 +10,8 @@ the same key before they are matched: the raw id is never compared, stored or wr
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import pandas as pd
 
 from pipeline.config import ColumnSpec
@@ -110,33 +112,46 @@ def read_truth(settings, frame: int) -> tuple[pd.DataFrame, str]:
 
 
 def run(settings, frame: int) -> dict:
-    """Entry point: truth for data/scored/frame_<n> -> labels table, reports/labels/."""
-    from pipeline.io import write_json
-    from pipeline.layout import Layout
-    from pipeline.store import ScoreStore, utcnow
+    """Label one frame: truth for data/scored/frame_<n> -> labels table, reports/labels/."""
+    return run_frames(settings, [frame])[0]
+
+
+def run_frames(settings, frames: Sequence[int]) -> list[dict]:
+    """Label frames in one process, one receipt each; a file or SQL feed is read once."""
+    from pipeline.store import ScoreStore
     from pipeline.store.pseudonymise import require_pseudonymised
 
-    layout = Layout(settings.root)
-    scored = pd.read_parquet(layout.frame_file(layout.scored, frame))
-    truth, origin = read_truth(settings, frame)
-    matched, stats = match(scored["record_id"], truth)
-    now = utcnow()
     store = ScoreStore(settings.store_url)
     try:
         store.migrate()
         require_pseudonymised(store, settings.env, settings.environment.privacy)
-        store.upsert_labels(
+        feed = None if settings.label_source.kind == "target" else read_truth(settings, 0)
+        return [_label_frame(settings, store, frame, feed) for frame in frames]
+    finally:
+        store.dispose()
+
+
+def _label_frame(settings, store, frame: int, feed: tuple[pd.DataFrame, str] | None) -> dict:
+    from pipeline.io import write_json
+    from pipeline.layout import Layout
+    from pipeline.store import utcnow
+
+    layout = Layout(settings.root)
+    scored = pd.read_parquet(layout.frame_file(layout.scored, frame), columns=["record_id"])
+    truth, origin = feed if feed is not None else read_truth(settings, frame)
+    matched, stats = match(scored["record_id"], truth)
+    now = utcnow()
+    store.upsert_labels_frame(
+        pd.DataFrame(
             {
                 "environment": settings.env,
-                "record_id": r,
-                "label": int(lab),
+                "record_id": matched["record_id"].to_numpy(),
+                "label": matched["label"].to_numpy(dtype="int64"),
                 "source": origin[:300],
                 "labeled_at": now,
             }
-            for r, lab in zip(matched["record_id"], matched["label"], strict=True)
         )
-    finally:
-        store.dispose()
+    )
     # Timestamped for the same reason as score's receipt: verify must follow a re-import.
     summary = {"frame": frame, "source": origin, "labeled_at": now.isoformat(), **stats}
     write_json(layout.frame_file(layout.reports / "labels", frame, ".json"), summary)

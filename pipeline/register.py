@@ -254,7 +254,7 @@ def run(settings) -> dict:
     from pipeline.layout import Layout
     from pipeline.perf import read_perf
     from pipeline.registered import Registered
-    from pipeline.saved_model import check_loadable, load_model
+    from pipeline.saved_model import artifact_hash, load_model
     from pipeline.train import predict_proba
 
     layout = Layout(settings.root)
@@ -267,8 +267,9 @@ def run(settings) -> dict:
 
     rows = gate_rows(layout)
     y = rows[settings.contract.target].to_numpy().astype(int)
+    # load_model refuses any type outside saved_model.TRUSTED_TYPES: the same check
+    # train's save made, so the artifact registered below is one that loads safely.
     model = load_model(layout.model)
-    check_loadable(model)
     candidate_scores = predict_proba(model, rows, settings.model_inputs)
     evidence = Evidence.of(settings)
     candidate_pr_auc = pr_auc(y, candidate_scores)
@@ -320,7 +321,7 @@ def run(settings) -> dict:
     # What this model is, beyond the commit: its artifact and its lineage (git hashes of
     # code, params, dvc.yaml and data). An identical artifact already registered for this
     # environment is reused rather than registered again (a re-run, a cache hit).
-    artifact = registry.artifact_hash(layout.model)
+    artifact = artifact_hash(layout.model)
     lineage = registry.lineage_keys(settings.root)
     same = registry.versions_tagged(
         client, name, **{registry.ARTIFACT_TAG: artifact, "environment": env}

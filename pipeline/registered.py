@@ -101,7 +101,7 @@ class Registered(_Part):
     source: str | None = None
     # The holder of `alias` that the gate compared with; promote refuses when it moved.
     alias_seen: AliasSeen | None = None
-    # sha256 of the model artifact train wrote (pipeline.registry.artifact_hash), and
+    # sha256 of the model artifact train wrote (pipeline.saved_model.artifact_hash), and
     # whether `candidate_version` is an earlier version with the same artifact, reused.
     artifact_sha256: str | None = None
     reused_version: bool = False

@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 from pipeline.errors import CrispError
+from pipeline.saved_model import IGNORED_NAMES
 
 if TYPE_CHECKING:
     from pipeline.store import ScoreStore
@@ -290,9 +291,6 @@ def _restore(client: Any, name: str, alias: str, version: str | None, error: Bas
 ARTIFACT_TAG = "artifact.sha256"
 LINEAGE_PREFIX = "lineage."
 LINEAGE_PATHS = ("pipeline", "params.yaml", "dvc.yaml", "data/source.json")
-# MLmodel's fields that change on every save of the same model.
-_VOLATILE_MLMODEL_KEYS = ("utc_time_created", "model_uuid", "run_id", "artifact_path")
-_IGNORED_NAMES = {"__pycache__", ".DS_Store"}
 _IGNORED_SUFFIXES = (".pyc", ".pyo", ".egg-info")
 
 
@@ -317,7 +315,7 @@ def git_tree_hash(folder: Path) -> str:
 
     entries = []
     for entry in os.scandir(folder):
-        if entry.name in _IGNORED_NAMES or entry.name.endswith(_IGNORED_SUFFIXES):
+        if entry.name in IGNORED_NAMES or entry.name.endswith(_IGNORED_SUFFIXES):
             continue
         path = Path(entry.path)
         if entry.is_symlink():
@@ -371,34 +369,6 @@ def lineage_differences(tags: dict[str, str], keys: dict[str, str]) -> list[str]
         for key, value in sorted(keys.items())
         if tags.get(key) != value
     ]
-
-
-def artifact_hash(model_dir: Path) -> str:
-    """sha256 of an MLflow model folder's content, blind to the fields a re-save changes.
-
-    Every file counts, by relative path and bytes, except MLmodel's timestamp, uuid and
-    run fields: the same trained model saved twice hashes the same.
-    """
-    import hashlib
-
-    import yaml
-
-    model_dir = Path(model_dir)
-    if not model_dir.is_dir():
-        raise FileNotFoundError(f"{model_dir} is not a model folder")
-    digest = hashlib.sha256()
-    for path in sorted(p for p in model_dir.rglob("*") if p.is_file()):
-        relative = path.relative_to(model_dir).as_posix()
-        if any(part in _IGNORED_NAMES for part in path.parts):
-            continue
-        data = path.read_bytes()
-        if relative == "MLmodel":
-            meta = yaml.safe_load(data) or {}
-            for key in _VOLATILE_MLMODEL_KEYS:
-                meta.pop(key, None)
-            data = yaml.safe_dump(meta, sort_keys=True).encode()
-        digest.update(relative.encode() + b"\0" + hashlib.sha256(data).digest())
-    return digest.hexdigest()
 
 
 def versions_tagged(client: Any, name: str, **tags: str) -> list[Any]:

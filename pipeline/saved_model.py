@@ -44,6 +44,9 @@ TRUSTED_TYPES: tuple[str, ...] = (
 # What a model needs to load: public packages only, pinned to what trained it.
 REQUIREMENTS = ("scikit-learn", "numpy", "pandas", "scipy", "skops")
 SKOPS = "skops"
+# MLmodel's fields that change on every save of the same model.
+VOLATILE_MLMODEL_KEYS = ("utc_time_created", "model_uuid", "run_id", "artifact_path")
+IGNORED_NAMES = frozenset({"__pycache__", ".DS_Store"})
 
 
 class UntrustedModel(ConfigError):
@@ -149,3 +152,31 @@ def load_model(uri: str | Path) -> Any:
     with tempfile.TemporaryDirectory(prefix="crispml-model-") as folder:
         local = mlflow.artifacts.download_artifacts(artifact_uri=str(uri), dst_path=folder)
         return load_local(Path(local))
+
+
+def artifact_hash(model_dir: Path) -> str:
+    """sha256 of an MLflow model folder's content, blind to the fields a re-save changes.
+
+    Every file counts, by relative path and bytes, except MLmodel's timestamp, uuid and
+    run fields: the same trained model saved twice hashes the same.
+    """
+    import hashlib
+
+    import yaml
+
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise FileNotFoundError(f"{model_dir} is not a model folder")
+    digest = hashlib.sha256()
+    for path in sorted(p for p in model_dir.rglob("*") if p.is_file()):
+        relative = path.relative_to(model_dir).as_posix()
+        if any(part in IGNORED_NAMES for part in path.parts):
+            continue
+        data = path.read_bytes()
+        if relative == "MLmodel":
+            meta = yaml.safe_load(data) or {}
+            for key in VOLATILE_MLMODEL_KEYS:
+                meta.pop(key, None)
+            data = yaml.safe_dump(meta, sort_keys=True).encode()
+        digest.update(relative.encode() + b"\0" + hashlib.sha256(data).digest())
+    return digest.hexdigest()

@@ -1,4 +1,4 @@
-"""Score (CRISP-DM: deployment): batch-score a frame and persist every score with lineage.
+"""Score (CRISP-DM: deployment): batch-score frames and persist every score with lineage.
 
 The model is the version that holds the environment's alias after the gate, pinned by
 number, so a score row always names the exact model that produced it. Chunks bound
@@ -6,11 +6,15 @@ memory and each chunk is one transaction. Score ids are random (a known transact
 must not give away its score id); the store keeps one batch score per record, model
 version and environment, so a re-run (or a run resumed after a crash) adds nothing
 twice, and its receipt names the ids already stored.
+
+One process scores all of `frames.score`, each frame with its own receipt: Python,
+scikit-learn and the model are loaded once, not once per frame.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -50,61 +54,106 @@ def serving_model(registered: Registered) -> Serving:
     return registered.require_serving()
 
 
-def run(settings, frame: int) -> dict:
-    """Entry point: data/prepared/frame_<n> -> score store, data/scored/, reports/score/."""
-    from tqdm import tqdm
+def train_output_serves(registered: Registered, serving: Serving, model_dir: Path) -> bool:
+    """Whether the model train wrote here is, byte for byte, the version that serves.
 
+    Then the stage loads that folder instead of downloading the same bytes from the
+    registry, and skips importing MLflow: a second or more per score stage. The check
+    is register's own fingerprint (`artifact_sha256`, the version's `artifact.sha256`
+    tag), so a model retrained since, or a gate that kept an older champion, falls back
+    to the registry. Either way skops loads it with our trust list only.
+    """
+    from pipeline.saved_model import artifact_hash
+
+    return (
+        serving.version == registered.candidate_version
+        and registered.artifact_sha256 is not None
+        and model_dir.is_dir()
+        and artifact_hash(model_dir) == registered.artifact_sha256
+    )
+
+
+def load_serving_model(settings, registered: Registered, serving: Serving) -> tuple[Any, str]:
+    """The serving version's model, and where it came from ("train output" or "registry")."""
+    from pipeline.layout import Layout
+    from pipeline.saved_model import load_local, load_model
+
+    model_dir = Layout(settings.root).model
+    if train_output_serves(registered, serving, model_dir):
+        return load_local(model_dir), "train output"
     from pipeline import tracking
-    from pipeline.io import write_json, write_parquet
+
+    tracking.configure(settings)
+    return load_model(f"models:/{registered.model_name}/{serving.version}"), "registry"
+
+
+def run(settings, frame: int) -> dict:
+    """Score one frame: data/prepared/frame_<n> -> score store, data/scored/, reports/score/."""
+    return run_frames(settings, [frame])[0]
+
+
+def run_frames(settings, frames: Sequence[int]) -> list[dict]:
+    """Score frames in one process, one receipt each: imports and the model load are paid once."""
     from pipeline.layout import Layout
     from pipeline.registered import Registered
-    from pipeline.saved_model import load_model
     from pipeline.sources import describe
-    from pipeline.store import ScoreStore, new_score_id, utcnow
+    from pipeline.store import ScoreStore
     from pipeline.store.pseudonymise import require_pseudonymised
+    from pipeline.tracking import git_commit
 
     layout = Layout(settings.root)
     registered = Registered.load(layout.registered)
     serving = serving_model(registered)
-    name, version = registered.model_name, serving.version
-    tracking.configure(settings)
-    model = load_model(f"models:/{name}/{version}")
-    data = pd.read_parquet(layout.frame_file(layout.prepared, frame))
-    contract, env = settings.contract, settings.env
+    model, model_from = load_serving_model(settings, registered, serving)
+    env = settings.env
     lineage = {
-        "frame": frame,
         "threshold": serving.threshold,
-        "model_name": name,
-        "model_version": version,
+        "model_name": registered.model_name,
+        "model_version": serving.version,
         "run_id": serving.run_id,
-        "git_commit": tracking.git_commit(settings.root),
+        "git_commit": git_commit(settings.root),
         "environment": env,
         "channel": "batch",
         "source": describe(settings.environment.data.source, settings)[:300],
     }
     store = ScoreStore(settings.store_url)
-    store.migrate()
-    require_pseudonymised(store, env, settings.environment.privacy)
+    try:
+        store.migrate()
+        require_pseudonymised(store, env, settings.environment.privacy)
+        summaries = []
+        for frame in frames:
+            lineage["frame"] = frame
+            summaries.append(_score_frame(settings, layout, model, model_from, store, lineage))
+        return summaries
+    finally:
+        store.dispose()
+
+
+def _score_frame(
+    settings, layout, model: Any, model_from: str, store, lineage: dict[str, Any]
+) -> dict:
+    from tqdm import tqdm
+
+    from pipeline.io import write_json, write_parquet
+    from pipeline.store import new_score_id, utcnow
+
+    frame = lineage["frame"]
+    data = pd.read_parquet(layout.frame_file(layout.prepared, frame))
+    inputs, id_column = settings.model_inputs, settings.contract.id_column
     receipts, inserted = [], 0
-    size = settings.score.chunk_rows
     progress = tqdm(total=len(data), desc=f"score frame {frame}", unit="rows", disable=None)
     try:
-        for part in chunks(data, size):
-            scored = score_rows(
-                model, part, settings.model_inputs, contract.id_column, lineage["threshold"]
-            )
+        for part in chunks(data, settings.score.chunk_rows):
+            scored = score_rows(model, part, inputs, id_column, lineage["threshold"])
             scored["score_id"] = [new_score_id() for _ in range(len(scored))]
-            now = utcnow()
-            rows = [{**lineage, **row, "scored_at": now} for row in scored.to_dict("records")]
             # A record this version scored before keeps its stored score: the receipt
             # names the ids in the store, not the fresh ones a re-run drew.
-            added, scored["score_id"] = store.store_batch_scores(rows)
+            added, scored["score_id"] = store.store_batch_frame(scored, lineage, utcnow())
             inserted += added
             receipts.append(scored)
             progress.update(len(part))
     finally:
         progress.close()
-        store.dispose()
     receipt = (
         pd.concat(receipts, ignore_index=True) if receipts else score_rows(None, data, [], "", 0)
     )
@@ -117,7 +166,8 @@ def run(settings, frame: int) -> dict:
         "flagged": int(receipt["decision"].sum()) if len(receipt) else 0,
         "flag_rate": float(receipt["decision"].mean()) if len(receipt) else 0.0,
         "mean_score": float(np.mean(receipt["score"])) if len(receipt) else 0.0,
-        "model_version": version,
+        "model_version": lineage["model_version"],
+        "model_from": model_from,
         # When this receipt was written. The store is state DVC cannot see: identical
         # scores would give an identical receipt, and label (which depends on this
         # file) would be skipped even when this run's store has never seen a label.

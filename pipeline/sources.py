@@ -15,9 +15,12 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
+if TYPE_CHECKING:
+    # pandas loads where a frame is read: the `source` stage runs on every `dvc repro`,
+    # and fingerprinting a file or the generator needs none.
+    import pandas as pd
 
 from pipeline.config import Contract, FileSource, GeneratorSource, Settings, SqlSource
 from pipeline.errors import ConfigError, ServiceUnavailable
@@ -65,6 +68,8 @@ def _storage_options(path: str, endpoint_url: str | None) -> dict | None:
 
 def read_file(path: str, fmt: str, root: Path, contract: Contract | None, endpoint_url: str | None):
     """Read a CSV or Parquet file; a CSV's frame carries `attrs["first_line"]` for messages."""
+    import pandas as pd
+
     is_remote = "://" in path
     location = _location(path, root)
     if not is_remote and not Path(location).is_file():
@@ -100,6 +105,7 @@ def sql_url(url: str | None, url_env: str | None, field: str) -> str:
 
 
 def read_sql(url: str, query: str) -> pd.DataFrame:
+    import pandas as pd
     import sqlalchemy as sa
 
     engine = sa.create_engine(url)
@@ -116,6 +122,8 @@ def read_sql(url: str, query: str) -> pd.DataFrame:
 
 def frame_sha256(frame: pd.DataFrame) -> str:
     """A content hash of what was read: column names, then every row's values."""
+    import pandas as pd
+
     digest = hashlib.sha256("\x1f".join(map(str, frame.columns)).encode("utf-8"))
     digest.update(pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes())
     return digest.hexdigest()

@@ -178,7 +178,8 @@ def test_the_registered_model_is_the_artifact_train_wrote(reproduced: Path, tmp_
     """
     import sys
 
-    from pipeline.registry import ARTIFACT_TAG, artifact_hash
+    from pipeline.registry import ARTIFACT_TAG
+    from pipeline.saved_model import artifact_hash
 
     uri = f"sqlite:///{reproduced / 'mlflow.db'}"
     script = (

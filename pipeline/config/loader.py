@@ -24,6 +24,7 @@ from pipeline.config.params import (
     Generator,
     Label,
     LabelSource,
+    Load,
     Monitoring,
     Prepare,
     Register,
@@ -62,6 +63,7 @@ class Settings(Strict):
     verify: Verify
     continuous_training: ContinuousTraining = ContinuousTraining()
     monitoring: Monitoring = Monitoring()
+    load: Load = Load()
     environment: Environment
 
     @model_validator(mode="after")

@@ -210,3 +210,15 @@ class Monitoring(Strict):
 
     workspace: str = "reports/monitoring"
     project: str = "crispml"
+
+
+class Load(Strict):
+    """The bounded load test of `load/run.py` (Locust): how hard, how long, what passes.
+
+    No pipeline stage reads it; it is here so that params.yaml stays one validated file.
+    """
+
+    users: int = Field(default=20, ge=1, le=1000)
+    spawn_rate: float = Field(default=10.0, gt=0)
+    duration_seconds: int = Field(default=20, ge=1, le=3600)
+    max_p99_ms: float = Field(default=1000.0, gt=0)

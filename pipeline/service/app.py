@@ -20,6 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pipeline.config import Settings
 from pipeline.errors import CrispError, ServiceUnavailable
+from pipeline.service import console
 from pipeline.service import errors as service_errors
 from pipeline.service.access import Access
 from pipeline.service.config import ROLES, STRICT_ENVIRONMENTS, TOKEN_ENV, TOKENS_ENV, ServiceConfig
@@ -78,6 +79,7 @@ def create_app(
     audit.add_routes(app.router, state, access)
     admin.add_routes(app.router, state, access)
     probes.add_routes(app.router, state)
+    console.add_routes(app.router, state, access)  # /console: pages, not in the schema
     app.add_middleware(BodyLimit, max_bytes=config.max_body_bytes)
     app.add_middleware(RequestMetrics, metrics=state.metrics)
 

@@ -3,10 +3,21 @@
 Each app gets its own `CollectorRegistry` instead of the process-global one, so two
 apps in one process (tests, or a bench harness) never collide on metric names, and
 /metrics shows exactly this service.
+
+With several worker processes on one port (`crispml serve --workers N`), whichever
+worker answers a scrape would show only its own share of the traffic. There the
+workers run in prometheus_client's multiprocess mode (PROMETHEUS_MULTIPROC_DIR, a
+fresh folder per `crispml serve`): counters and histograms are summed over every
+worker that ran (a restarted worker's counts stay), the shadow backlog is summed over
+the live workers, and `crispml_challenger_loaded` is 1 if any live worker scores a
+challenger. Info and scrape-time collectors cannot be shared that way, so
+`crispml_model_info` and the model and label ages describe the worker that answered
+the scrape (all workers follow the same alias, so they differ only during a swap).
 """
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -20,6 +31,7 @@ from prometheus_client import (
     Info,
     generate_latest,
 )
+from prometheus_client import values as prometheus_values
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
@@ -46,6 +58,7 @@ ROW_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
+MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
 MODEL_AGE = "crispml_model_age_seconds"
 LABEL_AGE = "crispml_labelled_data_age_seconds"
 
@@ -109,6 +122,17 @@ class ServiceMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
+        # Multiprocess mode is fixed when prometheus_client is imported (by the variable);
+        # a variable set later would make /metrics read files nobody writes.
+        folder = os.environ.get(MULTIPROCESS_ENV)
+        self.multiprocess_dir = (
+            folder
+            if folder and prometheus_values.ValueClass is not prometheus_values.MutexValue
+            else None
+        )
+        # What only this process can tell (the Info and the ages): shown beside the
+        # merged files, never merged.
+        self._own = r if self.multiprocess_dir is None else CollectorRegistry(auto_describe=True)
         self.requests = Counter(
             "crispml_http_requests",
             "HTTP requests answered.",
@@ -132,7 +156,9 @@ class ServiceMetrics:
         self.decisions = Counter(
             "crispml_decisions", "Decisions answered.", ["model_version", "decision"], registry=r
         )
-        self.model = Info("crispml_model", "The model version currently serving.", registry=r)
+        self.model = Info(
+            "crispml_model", "The model version currently serving.", registry=self._own
+        )
         self.reloads = Counter(
             "crispml_model_reloads",
             "Model swaps and failed reload attempts.",
@@ -188,13 +214,30 @@ class ServiceMetrics:
             "crispml_shadow_backlog_rows",
             "Rows waiting for the challenger; above the limit new ones are dropped.",
             registry=r,
+            multiprocess_mode="livesum",
         )
         self.challenger_loaded = Gauge(
-            "crispml_challenger_loaded", "1 while a challenger is scored in shadow.", registry=r
+            "crispml_challenger_loaded",
+            "1 while a challenger is scored in shadow.",
+            registry=r,
+            multiprocess_mode="livemax",
         )
 
     def watch_staleness(self, snapshot: Callable[[], list[Freshness]]) -> None:
-        self.registry.register(StalenessCollector(snapshot))
+        self._own.register(StalenessCollector(snapshot))
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        if self.multiprocess_dir is None:
+            return generate_latest(self.registry)
+        from prometheus_client.multiprocess import MultiProcessCollector
+
+        merged = CollectorRegistry()
+        MultiProcessCollector(merged, path=self.multiprocess_dir)
+        return generate_latest(merged) + generate_latest(self._own)
+
+    def close(self) -> None:
+        """A worker that stops takes its live gauges with it (its counters stay counted)."""
+        if self.multiprocess_dir is not None:
+            from prometheus_client.multiprocess import mark_process_dead
+
+            mark_process_dead(os.getpid(), self.multiprocess_dir)

@@ -12,8 +12,11 @@ import asyncio
 import contextlib
 import logging
 import math
+import os
 import time
+import uuid
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -36,6 +39,45 @@ from pipeline.store import ScoreStore
 log = logging.getLogger("pipeline.service")
 
 FIRST_LOAD_RETRY = 5.0  # seconds between attempts to load the first model
+# How often a worker looks whether another worker was asked to reload: a local file
+# read, so it is cheap enough to make an admin reload reach every worker at once.
+BROADCAST_POLL = 0.25
+
+
+class ReloadBroadcast:
+    """An admin reload, passed on to the sibling workers of one `crispml serve --workers N`.
+
+    POST /v1/admin/reload reaches the one worker the kernel handed the connection to.
+    That worker writes a new token into a file of the folder the workers share; every
+    worker reads the file every `BROADCAST_POLL` seconds and re-reads its aliases when
+    the token changed. A file suffices because the workers of one port are on one
+    machine; replicas on other machines keep polling the alias on their own.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._seen = self._read()
+
+    def _read(self) -> str:
+        try:
+            return self.path.read_text()
+        except FileNotFoundError:
+            return ""
+
+    def send(self) -> None:
+        token = uuid.uuid4().hex
+        scratch = self.path.with_name(f".{self.path.name}.{os.getpid()}")
+        scratch.write_text(token)
+        os.replace(scratch, self.path)  # atomic: a reader sees the old token or the new
+        self._seen = token
+
+    def received(self) -> bool:
+        """True once per token written by another worker since the last look."""
+        token = self._read()
+        if token == self._seen:
+            return False
+        self._seen = token
+        return True
 
 
 def _pseudonymiser(settings: Settings) -> Callable[[Sequence[str]], list[str]]:
@@ -102,11 +144,17 @@ class ServiceState:
         # Set by `prepare` for an alias: `start` then loads it in the background.
         self._first_load_pending = False
         self._first_load: asyncio.Task[None] | None = None
+        # Set by `share_reloads` in a worker of `crispml serve --workers N`.
+        self.broadcast: ReloadBroadcast | None = None
+        self._following: asyncio.Task[None] | None = None
 
     # -- set-up ------------------------------------------------------------------------
 
-    def prepare(self) -> None:
+    def prepare(self, migrate: bool = True) -> None:
         """Blocking start-up work: migrate the store; load a model that cannot move.
+
+        `migrate=False`: the store was migrated already, once for all the workers of
+        `crispml serve --workers N`, before any of them started.
 
         A pinned version or a local folder is loaded here, and failing is fatal (a typo
         will not fix itself). An alias (and its challenger) is loaded in the background
@@ -114,7 +162,8 @@ class ServiceState:
         never delay listening, since Kubernetes would restart a pod that does not answer
         /healthz, while one that answers /readyz 503 just gets no traffic until ready.
         """
-        self.store.migrate()
+        if migrate:
+            self.store.migrate()
         from pipeline.store.pseudonymise import require_pseudonymised
 
         # Keyed ids beside raw ones would never join: refuse to start (issue 9, item 3).
@@ -280,10 +329,39 @@ class ServiceState:
         self.models.start_polling(self.config.reload_interval)
         if self.challenger is not None:
             self.challenger.start_polling(self.config.reload_interval)
+        if self.broadcast is not None:
+            self._following = asyncio.create_task(self._follow_reloads(), name="reload-follower")
+
+    def share_reloads(self, path: Path) -> None:
+        """Pass admin reloads on to (and take them from) the workers sharing `path`."""
+        self.broadcast = ReloadBroadcast(path)
+
+    async def _follow_reloads(self) -> None:
+        assert self.broadcast is not None
+        while True:
+            await asyncio.sleep(BROADCAST_POLL)
+            if not self.broadcast.received():
+                continue
+            try:
+                outcome, _ = await self._refresh_both()
+                if outcome.changed:
+                    log.info(
+                        "reload asked through another worker: now version %s",
+                        outcome.current.version if outcome.current else None,
+                    )
+            except Exception as error:  # keep serving what we have, as the poller does
+                log.warning("reload asked through another worker failed: %s", error)
 
     async def refresh_models(self) -> tuple[Any, ServingModel | None]:
         """Re-read both aliases now; the champion's failure is the caller's error, the
-        challenger's is logged and counted only."""
+        challenger's is logged and counted only. Beside other workers, a successful
+        reload is passed on to them (they reload within `BROADCAST_POLL` seconds)."""
+        outcome = await self._refresh_both()
+        if self.broadcast is not None:
+            self.broadcast.send()
+        return outcome
+
+    async def _refresh_both(self) -> tuple[Any, ServingModel | None]:
         outcome = await self.models.refresh()
         if self.challenger is not None:
             try:
@@ -293,6 +371,10 @@ class ServiceState:
         return outcome, self.challenger_model
 
     async def stop(self) -> None:
+        if self._following is not None:
+            self._following.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._following
         if self._first_load is not None:
             self._first_load.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -302,3 +384,4 @@ class ServiceState:
             await self.challenger.stop()
         await self.scoring.stop()
         self.store.dispose()
+        self.metrics.close()

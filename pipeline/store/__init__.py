@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -35,17 +35,28 @@ import pandas as pd
 import sqlalchemy as sa
 
 from pipeline.errors import ConfigError, CrispError, ServiceUnavailable
+from pipeline.store import bulk
+from pipeline.store.bulk import BATCH_CHANNEL
 from pipeline.store.schema import labels, scores
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 # The PostgreSQL advisory lock migrations take: a fixed 63-bit number from a fixed name.
 MIGRATION_LOCK = int.from_bytes(hashlib.sha256(b"crispml.store.migrate").digest()[:8]) >> 1
 SCORE_COLUMNS = [c.name for c in scores.columns]
-
-
-BATCH_CHANNEL = "batch"
-# Record ids per lookup of already stored batch scores: far below any driver's limit.
-_LOOKUP_CHUNK = 500
+LABEL_COLUMNS = [c.name for c in labels.columns]
+# What the score stage computes per row, and what it knows per chunk (`store_batch_frame`).
+BATCH_FRAME_COLUMNS = ["record_id", "score", "decision", "score_id"]
+BATCH_LINEAGE = [
+    "frame",
+    "threshold",
+    "model_name",
+    "model_version",
+    "run_id",
+    "git_commit",
+    "environment",
+    "channel",
+    "source",
+]
 
 
 def new_score_id() -> str:
@@ -66,6 +77,14 @@ def shadow_score_id(champion_score_id: str, model_version: str) -> str:
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def _aware(value: Any) -> Any:
+    """A time from a dict row, a naive one taken as UTC: every writer of the store
+    writes UTC, and the dict path used to store a naive time's clock as it came."""
+    if isinstance(value, datetime) and value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value
 
 
 def as_utc(values: pd.Series) -> pd.Series:
@@ -262,72 +281,100 @@ class ScoreStore:
         )
         return {row.score_id for row in connection.execute(statement, list(rows))}
 
-    def store_batch_scores(self, rows: Sequence[dict[str, Any]]) -> tuple[int, list[str]]:
-        """Store batch scores once each; returns rows added and, per row, its stored id.
+    def store_batch_frame(
+        self, scored: pd.DataFrame, lineage: Mapping[str, Any], scored_at: datetime
+    ) -> tuple[int, list[str]]:
+        """Store one scored chunk once per record; rows added and, per row, its stored id.
 
-        A row whose record this model version already scored in this environment is not
-        stored again, and its id in the answer is the stored row's, not the new random one
-        it came with: a receipt must name scores that exist. One transaction.
+        `scored` is what the score stage computed (record_id, score, decision, score_id);
+        `lineage` and `scored_at` are the chunk's constants, sent once rather than once
+        per row. A record this model version already scored in this environment is not
+        stored again, and its id in the answer is the stored one, not the new random id
+        it came with: a receipt must name scores that exist. One transaction; a failure
+        anywhere in it, including a row neither stored nor found, stores nothing.
+        """
+        missing = [c for c in BATCH_FRAME_COLUMNS if c not in scored.columns]
+        unknown = set(lineage) - set(BATCH_LINEAGE)
+        absent = set(BATCH_LINEAGE) - set(lineage)
+        if missing or unknown or absent:
+            raise CrispError(
+                "store_batch_frame: "
+                + "; ".join(
+                    part
+                    for part in (
+                        f"scored lacks {missing}" if missing else "",
+                        f"lineage lacks {sorted(absent)}" if absent else "",
+                        f"lineage has unknown {sorted(unknown)}" if unknown else "",
+                    )
+                    if part
+                )
+            )
+        if lineage["channel"] != BATCH_CHANNEL:
+            raise CrispError("store_batch_frame takes batch scores only (channel 'batch')")
+        per_row = bulk.frame_columns(scored, {c: bulk.SCORE_KINDS[c] for c in BATCH_FRAME_COLUMNS})
+        constants = {**lineage, **_SCORE_DEFAULTS, "scored_at": scored_at}
+        with self.engine.begin() as conn:
+            return bulk.store_batch(conn, per_row, constants)
+
+    def store_batch_scores(self, rows: Sequence[dict[str, Any]]) -> tuple[int, list[str]]:
+        """`store_batch_frame` for rows as dicts, for callers that have them.
+
+        The rows of one chunk share their lineage and time, which then go once; a column
+        that differs between rows is staged per row. One transaction.
         """
         if not rows:
             return 0, []
         if any(row.get("channel") != BATCH_CHANNEL for row in rows):
             raise CrispError("store_batch_scores takes batch scores only (channel 'batch')")
+        try:
+            columns = {
+                name: [row.get(name, default) for row in rows]
+                if name in _SCORE_DEFAULTS
+                else [row[name] for row in rows]
+                for name, default in ((c, _SCORE_DEFAULTS.get(c)) for c in SCORE_COLUMNS)
+            }
+        except KeyError as error:
+            raise CrispError(f"store_batch_scores: a row lacks {error}") from None
+        columns["scored_at"] = [_aware(v) for v in columns["scored_at"]]
+        per_row, constants = bulk.split_constant(columns)
+        per_row = {
+            name: bulk.column_values(pd.Series(values, dtype=object), bulk.SCORE_KINDS[name], name)
+            for name, values in per_row.items()
+        }
         with self.engine.begin() as conn:
-            added = self._insert_returning(conn, rows)
-            stored = [row["score_id"] if row["score_id"] in added else None for row in rows]
-            missing: dict[tuple[str, str, str], list[str]] = {}
-            for row, found in zip(rows, stored, strict=True):
-                if found is None:
-                    key = (row["environment"], row["model_name"], str(row["model_version"]))
-                    missing.setdefault(key, []).append(row["record_id"])
-            existing: dict[tuple[str, str, str, str], str] = {}
-            for (environment, model_name, model_version), records in missing.items():
-                for start in range(0, len(records), _LOOKUP_CHUNK):
-                    query = sa.select(scores.c.record_id, scores.c.score_id).where(
-                        scores.c.channel == BATCH_CHANNEL,
-                        scores.c.environment == environment,
-                        scores.c.model_name == model_name,
-                        scores.c.model_version == model_version,
-                        scores.c.record_id.in_(records[start : start + _LOOKUP_CHUNK]),
-                    )
-                    for record_id, score_id in conn.execute(query):
-                        existing[(environment, model_name, model_version, record_id)] = score_id
-        for index, (row, found) in enumerate(zip(rows, stored, strict=True)):
-            if found is None:
-                key = (
-                    row["environment"],
-                    row["model_name"],
-                    str(row["model_version"]),
-                    row["record_id"],
-                )
-                if key not in existing:
-                    raise CrispError(
-                        f"score store: batch score {row['score_id']} of record "
-                        f"{row['record_id']!r} was neither stored nor found stored"
-                    )
-                stored[index] = existing[key]
-        return len(added), [str(score_id) for score_id in stored]
+            return bulk.store_batch(conn, per_row, constants)
+
+    def upsert_labels_frame(self, labels: pd.DataFrame) -> int:
+        """Insert or overwrite ground truth; the newest word on a record wins.
+
+        Within the frame the last row of a record is its newest word: PostgreSQL refuses
+        to update one row twice in a statement, so the others never reach it. One
+        transaction. Returns the number of records written.
+        """
+        missing = [c for c in LABEL_COLUMNS if c not in labels.columns]
+        if missing:
+            raise CrispError(f"upsert_labels_frame: labels lack {missing}")
+        newest = labels.drop_duplicates(["environment", "record_id"], keep="last")
+        if newest.empty:
+            return 0
+        per_row = bulk.frame_columns(newest, bulk.LABEL_KINDS)
+        with self.engine.begin() as conn:
+            return bulk.upsert_labels(conn, per_row)
 
     def upsert_labels(self, rows: Iterable[dict[str, Any]]) -> int:
-        """Insert or overwrite ground truth; the newest word on a record wins."""
-        # One row per record: PostgreSQL refuses to update the same row twice in one
-        # statement, and within one call the last word is the one that counts.
+        """`upsert_labels_frame` for rows as dicts, for callers that have them."""
         rows = list({(r["environment"], r["record_id"]): r for r in rows}.values())
         if not rows:
             return 0
-        insert = _insert(self.dialect, labels)
-        statement = insert.on_conflict_do_update(
-            index_elements=["environment", "record_id"],
-            set_={
-                "label": insert.excluded.label,
-                "source": insert.excluded.source,
-                "labeled_at": insert.excluded.labeled_at,
-            },
+        frame = pd.DataFrame(
+            {
+                name: [_aware(r[name]) for r in rows]
+                if name == "labeled_at"
+                else [r[name] for r in rows]
+                for name in LABEL_COLUMNS
+            }
         )
-        with self.engine.begin() as conn:
-            conn.execute(statement, rows)
-        return len(rows)
+        return self.upsert_labels_frame(frame)
 
     def record_ids_for_scores(self, score_ids: Sequence[str]) -> dict[str, tuple[str, str]]:
         """score_id -> (environment, record_id), for labels that arrive by score id."""

@@ -20,6 +20,7 @@ from ci_harness import copy_project, git
 
 from pipeline import registry
 from pipeline.gitops.fallback import choose_fallback
+from pipeline.saved_model import artifact_hash
 
 NAME = "crispml-identity"
 
@@ -121,14 +122,14 @@ def test_artifact_hash_sees_the_model_not_the_save(tmp_path: Path) -> None:
         good, tmp_path / "b", serialization_format="pickle", pip_requirements=["scikit-learn"]
     )
     assert (tmp_path / "a" / "MLmodel").read_text() != (tmp_path / "b" / "MLmodel").read_text()
-    assert registry.artifact_hash(tmp_path / "a") == registry.artifact_hash(tmp_path / "b")
+    assert artifact_hash(tmp_path / "a") == artifact_hash(tmp_path / "b")
     other = _model(frame, ["x1"])
     mlflow.sklearn.save_model(
         other, tmp_path / "c", serialization_format="pickle", pip_requirements=["scikit-learn"]
     )
-    assert registry.artifact_hash(tmp_path / "c") != registry.artifact_hash(tmp_path / "a")
+    assert artifact_hash(tmp_path / "c") != artifact_hash(tmp_path / "a")
     with pytest.raises(FileNotFoundError):
-        registry.artifact_hash(tmp_path / "missing")
+        artifact_hash(tmp_path / "missing")
 
 
 # --------------------------------------------------------------------------- registry

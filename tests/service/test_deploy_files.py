@@ -1,15 +1,15 @@
 """The Dockerfile and the base Kubernetes manifests agree with the service and each other.
 
 No Docker daemon or cluster is needed: these are the facts a broken deployment would
-get wrong first (a probe on a route that does not exist, a port that differs between
-image and pod, a root user, a selector that matches nothing).
+get wrong first (a port that differs between image and pod, a root user, a selector
+that matches nothing). What each environment deploys (probes, security context,
+resources, autoscaling, secrets) is checked on the rendered overlays, validated against
+the Kubernetes schemas, in tests/test_kubernetes.py.
 """
 
 from __future__ import annotations
 
 import re
-import shutil
-import subprocess
 
 import pytest
 import yaml
@@ -49,7 +49,7 @@ def test_base_has_deployment_service_and_hpa_named_for_the_overlays() -> None:
     assert [image["name"] for image in kustomization["images"]] == [NAME]
 
 
-def test_selectors_ports_and_probes_fit_together(routes: set[str]) -> None:
+def test_selectors_ports_and_routes_fit_together(routes: set[str]) -> None:
     docs = _docs()
     deployment, service, hpa = docs["Deployment"], docs["Service"], docs["HorizontalPodAutoscaler"]
     pod = deployment["spec"]["template"]
@@ -60,12 +60,7 @@ def test_selectors_ports_and_probes_fit_together(routes: set[str]) -> None:
     assert container["image"] == NAME
     port = next(p for p in container["ports"] if p["name"] == "http")["containerPort"]
     assert service["spec"]["ports"][0]["targetPort"] == "http"
-    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
-    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
-    assert container["startupProbe"]["httpGet"]["path"] == "/healthz"
-    for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
-        assert container[probe]["httpGet"]["path"] in routes
-        assert container[probe]["httpGet"]["port"] == "http"
+    # The app serves the probe router's paths, which the probes ask (tests/test_kubernetes.py).
     assert {"/readyz", "/healthz", "/metrics"} <= routes
     assert pod["metadata"]["annotations"]["prometheus.io/port"] == str(port)
     assert container["args"][-1] == str(port)
@@ -76,23 +71,6 @@ def test_selectors_ports_and_probes_fit_together(routes: set[str]) -> None:
         "kind": "Deployment",
         "name": NAME,
     }
-
-
-def test_pod_runs_unprivileged_and_takes_secrets_from_a_secret() -> None:
-    pod = _docs()["Deployment"]["spec"]["template"]["spec"]
-    (container,) = pod["containers"]
-    assert pod["securityContext"]["runAsNonRoot"] is True
-    assert pod["securityContext"]["runAsUser"] != 0
-    assert container["securityContext"]["readOnlyRootFilesystem"] is True
-    assert container["securityContext"]["allowPrivilegeEscalation"] is False
-    assert {"name": "tmp", "mountPath": "/tmp"} in container["volumeMounts"]
-    assert container["envFrom"] == [{"secretRef": {"name": NAME}}]
-    env = {item["name"]: item for item in container["env"]}
-    assert env["CRISPML_ENV"]["valueFrom"]["fieldRef"]["fieldPath"] == (
-        "metadata.labels['crispml.io/environment']"
-    )
-    text = "".join(path.read_text() for path in BASE.glob("*.yaml"))
-    assert not re.search(r"(?i)(token|password|key)\s*[:=]\s*\S{8,}", text.replace("fieldPath", ""))
 
 
 def test_dockerfile_runs_the_service_unprivileged_with_a_health_check() -> None:
@@ -128,19 +106,3 @@ def test_dockerignore_is_an_allow_list() -> None:
         "environments",
     }
     assert {"**/.env", "**/*.db"} <= set(lines)
-
-
-def test_kustomize_builds_base_and_every_overlay() -> None:
-    """Rendered with the real kustomize (kubectl's) where it is installed, as in CI's deploy."""
-    kubectl = shutil.which("kubectl")
-    folders = [BASE, *sorted(MAIN_ROOT.glob("environments/*/kustomize"))]
-    for folder in folders:
-        assert (folder / "kustomization.yaml").is_file(), folder
-        if kubectl is None:
-            continue  # the static checks above still ran; the deploy job renders for real
-        done = subprocess.run(
-            [kubectl, "kustomize", str(folder)], capture_output=True, text=True, timeout=60
-        )
-        assert done.returncode == 0, f"{folder}: {done.stderr}"
-        kinds = [doc["kind"] for doc in yaml.safe_load_all(done.stdout) if doc]
-        assert "Deployment" in kinds and "Service" in kinds, (folder, kinds)
