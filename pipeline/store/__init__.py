@@ -79,11 +79,11 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-def _aware(value: Any) -> Any:
-    """A time from a dict row, a naive one taken as UTC: every writer of the store
-    writes UTC, and the dict path used to store a naive time's clock as it came."""
-    if isinstance(value, datetime) and value.tzinfo is None:
-        return value.replace(tzinfo=UTC)
+def aware_utc(value: Any) -> Any:
+    """A time as aware UTC, a naive one taken as UTC: every writer of the store writes
+    UTC, and SQLite hands stored times back naive. Anything else passes unchanged."""
+    if isinstance(value, datetime):
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
     return value
 
 
@@ -92,7 +92,7 @@ def as_utc(values: pd.Series) -> pd.Series:
     return pd.to_datetime(values, utc=True)
 
 
-def _labelled(source: Any, record: Any = None) -> sa.Join:
+def labelled(source: Any, record: Any = None) -> sa.Join:
     """`source` left-joined with the label, if any, of the record scored in `record`.
 
     `record` is the scores table or an alias of it, and defaults to `source` itself.
@@ -335,7 +335,7 @@ class ScoreStore:
             }
         except KeyError as error:
             raise CrispError(f"store_batch_scores: a row lacks {error}") from None
-        columns["scored_at"] = [_aware(v) for v in columns["scored_at"]]
+        columns["scored_at"] = [aware_utc(v) for v in columns["scored_at"]]
         per_row, constants = bulk.split_constant(columns)
         per_row = {
             name: bulk.column_values(pd.Series(values, dtype=object), bulk.SCORE_KINDS[name], name)
@@ -368,7 +368,7 @@ class ScoreStore:
             return 0
         frame = pd.DataFrame(
             {
-                name: [_aware(r[name]) for r in rows]
+                name: [aware_utc(r[name]) for r in rows]
                 if name == "labeled_at"
                 else [r[name] for r in rows]
                 for name in LABEL_COLUMNS
@@ -389,7 +389,7 @@ class ScoreStore:
     def get_score(self, score_id: str) -> dict[str, Any] | None:
         query = (
             sa.select(scores, labels.c.label, labels.c.labeled_at)
-            .select_from(_labelled(scores))
+            .select_from(labelled(scores))
             .where(scores.c.score_id == score_id)
         )
         with self.engine.connect() as conn:
@@ -435,7 +435,7 @@ class ScoreStore:
                 scores.c.scored_at,
                 labels.c.label,
             )
-            .select_from(_labelled(scores))
+            .select_from(labelled(scores))
             .where(scores.c.environment == environment)
         )
         if frames is not None:
@@ -493,7 +493,7 @@ class ScoreStore:
                 scores.c.shadow,
                 labels.c.label,
             )
-            .select_from(_labelled(scores))
+            .select_from(labelled(scores))
             .where(
                 scores.c.environment == environment,
                 scores.c.model_name == model_name,
@@ -538,7 +538,7 @@ class ScoreStore:
         champion = scores.alias("champion")
         challenger = scores.alias("challenger")
         pair = champion.join(challenger, champion.c.score_id == challenger.c.shadow_of)
-        join = _labelled(pair, record=champion)
+        join = labelled(pair, record=champion)
         query = (
             sa.select(
                 champion.c.score_id,

@@ -20,19 +20,13 @@ from typing import Any
 import sqlalchemy as sa
 
 from pipeline.service.metrics import ServiceMetrics
-from pipeline.store import ScoreStore, utcnow
+from pipeline.store import ScoreStore, aware_utc, labelled, utcnow
 from pipeline.store.schema import labels, scores
 
 RECENT_SCORES = 25
 COVERAGE_DAYS = 30
 # Routes whose traffic is the console's own (its page and its polling), not the service's.
 CONSOLE_PREFIX = "/console"
-
-
-def _aware(value: Any) -> Any:
-    if isinstance(value, datetime):
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-    return value
 
 
 def recent_scores(store: ScoreStore, environment: str, limit: int = RECENT_SCORES) -> list[dict]:
@@ -55,15 +49,7 @@ def recent_scores(store: ScoreStore, environment: str, limit: int = RECENT_SCORE
             scores.c.scored_at,
             labels.c.label,
         )
-        .select_from(
-            scores.outerjoin(
-                labels,
-                sa.and_(
-                    labels.c.environment == scores.c.environment,
-                    labels.c.record_id == scores.c.record_id,
-                ),
-            )
-        )
+        .select_from(labelled(scores))
         .where(scores.c.environment == environment)
         .order_by(scores.c.scored_at.desc(), scores.c.score_id)
         .limit(limit)
@@ -71,7 +57,7 @@ def recent_scores(store: ScoreStore, environment: str, limit: int = RECENT_SCORE
     with store.engine.connect() as conn:
         rows = conn.execute(query).mappings().all()
     return [
-        {**row, "scored_at": _aware(row["scored_at"]), "shadow": bool(row["shadow"])}
+        {**row, "scored_at": aware_utc(row["scored_at"]), "shadow": bool(row["shadow"])}
         for row in rows
     ]
 
@@ -89,7 +75,7 @@ def label_coverage(
     day = sa.func.date(
         scored_at if store.dialect == "sqlite" else sa.func.timezone("UTC", scored_at)
     )
-    labelled = sa.case((labels.c.label.is_not(None), 1), else_=0)
+    has_label = sa.case((labels.c.label.is_not(None), 1), else_=0)
     positive = sa.case((labels.c.label == 1, 1), else_=0)
     since = (now or utcnow()) - timedelta(days=days)
     query = (
@@ -97,18 +83,10 @@ def label_coverage(
             day.label("day"),
             scores.c.channel,
             sa.func.count().label("scores"),
-            sa.func.sum(labelled).label("labelled"),
+            sa.func.sum(has_label).label("labelled"),
             sa.func.sum(positive).label("positives"),
         )
-        .select_from(
-            scores.outerjoin(
-                labels,
-                sa.and_(
-                    labels.c.environment == scores.c.environment,
-                    labels.c.record_id == scores.c.record_id,
-                ),
-            )
-        )
+        .select_from(labelled(scores))
         .where(
             scores.c.environment == environment,
             scores.c.shadow.is_(False),

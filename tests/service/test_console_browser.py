@@ -3,8 +3,8 @@
 The real service (`crispml serve` in a subprocess) serves version 2 of a real registry
 model; the browser logs in with an admin token, reads the serving version from the
 page, rolls back through the form with a reason, and sees the history gain the event
-and the serving version change. A screenshot goes to test-artifacts/console.png (CI
-keeps it as an artifact), and the browser's console must hold no error: the page's
+and the serving version change. A screenshot goes to test-artifacts/console.png
+(gitignored), and the browser's console must hold no error: the page's
 scripts, Plotly included, run under its Content-Security-Policy.
 
 Needs Debian's `chromium` and `chromium-driver` packages and the `selenium` package;
@@ -16,8 +16,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -26,11 +24,11 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.service.conftest import BUILDER, Registry, Server, make_repo
+from tests.service.conftest import Registry, Server, make_repo
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
@@ -59,23 +57,11 @@ def _browser_or_skip() -> None:
     pytest.importorskip("selenium", reason="the selenium package is not installed")
 
 
-@pytest.fixture(scope="module")
-def registry(tmp_path_factory: pytest.TempPathFactory) -> Registry:
-    """Two registered versions of a small model (tests/service/registry_builder.py)."""
+@pytest.fixture
+def registry(request: pytest.FixtureRequest) -> Registry:
+    """The service tests' registry (two versions), built only when a browser is there."""
     _browser_or_skip()  # before the minute the registry takes
-    folder = tmp_path_factory.mktemp("registry")
-    done = subprocess.run(
-        [sys.executable, str(BUILDER), str(folder)], capture_output=True, text=True, cwd=folder
-    )
-    assert done.returncode == 0, f"registry builder failed:\n{done.stderr[-4000:]}"
-    built = json.loads((folder / "registry.json").read_text())
-    return Registry(
-        folder=folder,
-        tracking_uri=built["tracking_uri"],
-        model_name=built["model_name"],
-        versions=built["versions"],
-        records=json.loads((folder / "records.json").read_text()),
-    )
+    return request.getfixturevalue("model_registry")
 
 
 def _reports(root: Path) -> None:
