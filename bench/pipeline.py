@@ -5,8 +5,12 @@ store, so nothing is skipped or reused), in this order:
 
 1. `bench/baseline.py`: the same ML work in one process, no DVC (timed from outside);
 2. a cold `dvc repro`, then a second `dvc repro` that has nothing to do (the no-op check);
+   the copy has a warm-process folder of its own, so the repro starts its own warm
+   process (pipeline/warm.py) the way a user's first repro does, and nothing of an
+   earlier run serves it;
 3. the fixed cost of a score and a label stage: `crispml score --frame F` and
-   `crispml label --frame F` on a 10-row frame, median of three, process start to exit.
+   `crispml label --frame F` on a 10-row frame, median of three, process start to exit,
+   in the warm process and each in a process of its own.
 
 The figure is the ratio of 2 to 1, measured in the same run: the machines are noisy, the
 ratio much less so. Per-stage wall time and peak memory come from reports/perf/*.json,
@@ -18,6 +22,7 @@ and score and label rows/s from the stages' own receipts and wall times.
     python bench/pipeline.py --growth 10              # 1x, then 10x the rows: time and memory
     python bench/pipeline.py --per-frame-stages       # score and label as one stage per frame
     python bench/pipeline.py --data real              # the real fraud data (environment `real`)
+    python bench/pipeline.py --warm-start both        # with and without the warm process
 
 The real data is ../shared/data/creditcard.parquet, read through the shipped
 `environments/real` overlay (`crispml env use real`): params only, as a user would.
@@ -126,29 +131,48 @@ def _project(tmp: Path, algorithm: str, rows: int | None, data: str, per_frame: 
     return work
 
 
-def _environment(work: Path) -> dict[str, str]:
+def _environment(work: Path, tmp: Path, warm: bool) -> dict[str, str]:
     env = {
         k: v
         for k, v in os.environ.items()
-        if k not in ("MLFLOW_TRACKING_URI", "CRISPML_STORE_URL", "VIRTUAL_ENV_PROMPT")
+        if k
+        not in (
+            "MLFLOW_TRACKING_URI",
+            "CRISPML_STORE_URL",
+            "VIRTUAL_ENV_PROMPT",
+            "CRISPML_WARM_DIR",
+        )
     }
     env["CRISPML_GIT_COMMIT"] = "bench"
     # The copy's own code, not the installed one (an editable install points elsewhere).
     env["PYTHONPATH"] = str(work)
+    # No warm process of an earlier run can serve this one: the cold repro starts its own,
+    # as a user's first `dvc repro` of the day does (pipeline/warm.py).
+    env["CRISPML_WARM_DIR"] = str(tmp / "warm")
+    env["CRISPML_WARM_START"] = "1" if warm else "0"
     return env
 
 
 def fixed_costs(work: Path, env: dict[str, str], frame: int) -> dict:
-    """Process start to exit of `crispml score` and `crispml label` on a 10-row frame."""
+    """Process start to exit of `crispml score` and `crispml label` on a 10-row frame.
+
+    Median of three, with the warm process of the repro (when warm start is on) and, for
+    comparison, each command in a process of its own (CRISPML_WARM_START=0).
+    """
     import pandas as pd
 
     prepared = work / "data" / "prepared" / f"frame_{frame}.parquet"
 
     pd.read_parquet(prepared).head(FIXED_COST_ROWS).to_parquet(prepared, index=False)
-    figures = {}
-    for step in ("score", "label"):
-        runs = [_run(["crispml", step, "--frame", str(frame)], work, env) for _ in range(3)]
-        figures[f"{step}_seconds"] = round(statistics.median(runs), 2)
+    figures: dict = {}
+    modes = {"": env, "cold_": {**env, "CRISPML_WARM_START": "0"}}
+    if env.get("CRISPML_WARM_START") == "0":
+        modes = {"": env}
+    for prefix, mode_env in modes.items():
+        for step in ("score", "label"):
+            cmd = ["crispml", step, "--frame", str(frame)]
+            runs = [_run(cmd, work, mode_env) for _ in range(3)]
+            figures[f"{prefix}{step}_seconds"] = round(statistics.median(runs), 2)
     figures["rows"] = FIXED_COST_ROWS
     figures["target_seconds"] = FIXED_COST_TARGET_SECONDS
     return figures
@@ -184,47 +208,64 @@ def bench(
     *,
     per_frame: bool = False,
     baseline: bool = True,
+    warm: bool = True,
 ) -> dict:
     with tempfile.TemporaryDirectory(prefix=f"crispml-bench-{algorithm}-") as tmp:
         work = _project(Path(tmp), algorithm, rows, data, per_frame)
-        env = _environment(work)
-        for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"]):
-            _run(cmd, work, env)
-        if data == "real":
-            _run(["crispml", "env", "use", "real"], work, env)
-        result: dict = {"data": data, "algorithm": algorithm}
-        if baseline:
-            script = [sys.executable, str(work / "bench" / "baseline.py"), "--root", str(work)]
-            started = time.perf_counter()
-            out = subprocess.run(script, cwd=work, env=env, check=True, capture_output=True)
-            result["baseline_seconds"] = round(time.perf_counter() - started, 1)
-            result["baseline"] = json.loads(out.stdout)
-        pipeline_seconds = _run(["dvc", "repro"], work, env)
-        result["pipeline_seconds"] = round(pipeline_seconds, 1)
-        if baseline:
-            result["ratio"] = round(pipeline_seconds / result["baseline_seconds"], 3)
-            result["ratio_target"] = RATIO_TARGET
-        result["noop_repro_seconds"] = round(_run(["dvc", "repro"], work, env), 2)
-        result["noop_target_seconds"] = NOOP_TARGET_SECONDS
-        stages = _stage_figures(work)
-        metrics = json.loads((work / "reports" / "metrics.json").read_text())
-        frame = json.loads((work / "reports" / "ingest.json").read_text())
-        result.update(
-            {
-                "layout": "stage per frame" if per_frame else "one stage for all frames",
-                "rows": frame["rows"],
-                "peak_memory_mb": max(s["peak_memory_mb"] for s in stages.values()),
-                "peak_memory_target_mb": PEAK_MEMORY_TARGET_MB,
-                "stage_seconds_total": round(sum(s["wall_seconds"] for s in stages.values()), 1),
-                "pr_auc": round(metrics["pr_auc"], 4),
-                "score": _rows_per_second(work, stages, "score", "score"),
-                "label": _rows_per_second(work, stages, "label", "labels"),
-                "stages": stages,
-            }
-        )
-        scored = json.loads(next((work / "reports" / "score").glob("*.json")).read_text())
-        result["fixed_cost"] = fixed_costs(work, env, scored["frame"])
-        return result
+        env = _environment(work, Path(tmp), warm)
+        try:
+            return _bench_in(work, env, algorithm, data, baseline, warm, per_frame)
+        finally:
+            # The copy's warm process goes with the copy (it would idle out anyway).
+            subprocess.run(["crispml", "warm", "stop"], env=env, capture_output=True, check=False)
+
+
+def _bench_in(
+    work: Path,
+    env: dict[str, str],
+    algorithm: str,
+    data: str,
+    baseline: bool,
+    warm: bool,
+    per_frame: bool,
+) -> dict:
+    for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"]):
+        _run(cmd, work, env)
+    if data == "real":
+        _run(["crispml", "env", "use", "real"], work, env)
+    result: dict = {"data": data, "algorithm": algorithm, "warm_start": warm}
+    if baseline:
+        script = [sys.executable, str(work / "bench" / "baseline.py"), "--root", str(work)]
+        started = time.perf_counter()
+        out = subprocess.run(script, cwd=work, env=env, check=True, capture_output=True)
+        result["baseline_seconds"] = round(time.perf_counter() - started, 1)
+        result["baseline"] = json.loads(out.stdout)
+    pipeline_seconds = _run(["dvc", "repro"], work, env)
+    result["pipeline_seconds"] = round(pipeline_seconds, 1)
+    if baseline:
+        result["ratio"] = round(pipeline_seconds / result["baseline_seconds"], 3)
+        result["ratio_target"] = RATIO_TARGET
+    result["noop_repro_seconds"] = round(_run(["dvc", "repro"], work, env), 2)
+    result["noop_target_seconds"] = NOOP_TARGET_SECONDS
+    stages = _stage_figures(work)
+    metrics = json.loads((work / "reports" / "metrics.json").read_text())
+    frame = json.loads((work / "reports" / "ingest.json").read_text())
+    result.update(
+        {
+            "layout": "stage per frame" if per_frame else "one stage for all frames",
+            "rows": frame["rows"],
+            "peak_memory_mb": max(s["peak_memory_mb"] for s in stages.values()),
+            "peak_memory_target_mb": PEAK_MEMORY_TARGET_MB,
+            "stage_seconds_total": round(sum(s["wall_seconds"] for s in stages.values()), 1),
+            "pr_auc": round(metrics["pr_auc"], 4),
+            "score": _rows_per_second(work, stages, "score", "score"),
+            "label": _rows_per_second(work, stages, "label", "labels"),
+            "stages": stages,
+        }
+    )
+    scored = json.loads(next((work / "reports" / "score").glob("*.json")).read_text())
+    result["fixed_cost"] = fixed_costs(work, env, scored["frame"])
+    return result
 
 
 def main() -> None:
@@ -258,13 +299,28 @@ def main() -> None:
         default="generator",
         help="the built-in generator (default), the real fraud data, or both",
     )
+    parser.add_argument(
+        "--warm-start",
+        choices=["on", "off", "both"],
+        default="on",
+        help="stage commands in forks of a warm process (the default, pipeline/warm.py), "
+        "each in a process of its own (off), or both runs, one after the other",
+    )
     args = parser.parse_args()
     datasets = ["generator", "real"] if args.data == "both" else [args.data]
     algorithms = args.algorithm or ["hist_gradient_boosting", "random_forest"]
+    modes = {"on": [True], "off": [False], "both": [True, False]}[args.warm_start]
     runs = [
-        bench(a, args.rows if d == "generator" else None, d, per_frame=args.per_frame_stages)
+        bench(
+            a,
+            args.rows if d == "generator" else None,
+            d,
+            per_frame=args.per_frame_stages,
+            warm=warm,
+        )
         for d in datasets
         for a in algorithms
+        for warm in modes
     ]
     report: dict = {"machine": {"cpus": os.cpu_count()}, "runs": runs}
     if args.growth:
@@ -275,10 +331,12 @@ def main() -> None:
                 first["rows"] * args.growth,
                 per_frame=args.per_frame_stages,
                 baseline=False,
+                warm=first["warm_start"],
             )
             report["growth"].append(
                 {
                     "algorithm": first["algorithm"],
+                    "warm_start": first["warm_start"],
                     "rows": [first["rows"], scaled["rows"]],
                     "pipeline_seconds": [first["pipeline_seconds"], scaled["pipeline_seconds"]],
                     "time_ratio": round(scaled["pipeline_seconds"] / first["pipeline_seconds"], 2),

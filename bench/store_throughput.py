@@ -47,7 +47,7 @@ import pandas as pd
 # benchmark) would hide the package of the same name.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.store import ScoreStore, new_score_id, utcnow
+from pipeline.store import ScoreStore, new_batch_score_ids, utcnow
 
 LINEAGE = {
     "frame": 7,
@@ -71,7 +71,7 @@ def scored_frame(start: int, count: int) -> pd.DataFrame:
             "record_id": [f"tx-{i:09d}" for i in index],
             "score": score.astype("float64"),
             "decision": (score >= 0.41).astype("int64"),
-            "score_id": [new_score_id() for _ in index],
+            "score_id": new_batch_score_ids(count),
         }
     )
 

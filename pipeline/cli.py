@@ -428,7 +428,173 @@ def serve(root: Path | None, host: str, port: int, model_uri: str | None, worker
         fail(error)
 
 
+@cli.group()
+def warm() -> None:
+    """The warm process that stage commands run in (see pipeline/warm.py).
+
+    The first stage command starts it in the background; later ones run in a fork of
+    it, with pandas, scikit-learn, MLflow and Evidently already imported. It leaves
+    after CRISPML_WARM_IDLE_SECONDS (300) without a command. CRISPML_WARM_START=0 runs
+    every command in its own process instead.
+    """
+
+
+@warm.command("status")
+def warm_status() -> None:
+    """List this user's warm processes (exit 1 when none runs)."""
+    from pipeline import warm as warm_start
+
+    found = warm_start.running()
+    click.echo(json.dumps(found, indent=2))
+    if not found:
+        sys.exit(1)
+
+
+@warm.command("stop")
+def warm_stop() -> None:
+    """Stop every warm process of this user."""
+    from pipeline import warm as warm_start
+
+    click.echo(f"asked {warm_start.stop_all()} warm process(es) to stop")
+
+
+@cli.group()
+def stack() -> None:
+    """The team's services on this machine: S3 (moto), PostgreSQL, an MLflow server.
+
+    `eval "$(crispml stack up)"` starts them in the background (state, data and logs in
+    .crispml/stack/) and exports the variables that point MLflow, DVC and the score
+    store at them; the same variables point at a company's real services instead.
+    """
+
+
+def _stack_root(root: Path | None) -> Path:
+    from pipeline.config import find_root
+
+    return find_root(root)
+
+
+def _stack_log(line: str) -> None:
+    click.echo(line, err=True)
+
+
+@stack.command("up")
+@ROOT_OPTION
+@click.option(
+    "--postgres-url",
+    default=None,
+    help="Use this PostgreSQL server (a SQLAlchemy URL; default: $CRISPML_STACK_POSTGRES_URL, "
+    "else a cluster of its own in .crispml/stack/postgres, which needs initdb).",
+)
+@click.option(
+    "--db-prefix",
+    default="crispml",
+    show_default=True,
+    help="Prefix of the databases it creates (<prefix>_mlflow, <prefix>_scores, ...).",
+)
+@click.option("--s3-port", type=click.IntRange(1, 65535), default=None, help="Default: free.")
+@click.option("--mlflow-port", type=click.IntRange(1, 65535), default=None, help="Default: free.")
+@click.option(
+    "--postgres-port",
+    type=click.IntRange(1, 65535),
+    default=None,
+    help="Port of its own cluster (default: free).",
+)
+@click.option(
+    "--dvc-config/--no-dvc-config",
+    default=True,
+    show_default=True,
+    help="Point the DVC remotes at the S3 endpoint in .dvc/config.local.",
+)
+@click.option(
+    "--timeout", type=float, default=120.0, show_default=True, help="Seconds per service."
+)
+def stack_up(
+    root: Path | None,
+    postgres_url: str | None,
+    db_prefix: str,
+    s3_port: int | None,
+    mlflow_port: int | None,
+    postgres_port: int | None,
+    dvc_config: bool,
+    timeout: float,
+) -> None:
+    """Start the stack (if it does not run) and print the variables to export.
+
+    Progress goes to stderr, `export` lines to stdout: eval "$(crispml stack up)".
+    Exit 6 when a service does not answer in time (its log's tail is shown).
+    """
+    from pipeline import stack as team
+
+    try:
+        state = team.up(
+            _stack_root(root),
+            postgres_url=postgres_url,
+            db_prefix=db_prefix,
+            s3_port=s3_port,
+            mlflow_port=mlflow_port,
+            postgres_port=postgres_port,
+            configure_dvc=dvc_config,
+            timeout=timeout,
+            log=_stack_log,
+        )
+    except CrispError as error:
+        fail(error)
+    click.echo(team.shell_exports(team.exports(state)), nl=False)
+
+
+@stack.command("status")
+@ROOT_OPTION
+@click.option("--json", "as_json", is_flag=True, help="Print the services as JSON.")
+def stack_status(root: Path | None, as_json: bool) -> None:
+    """Say what runs; exit 0 when every service answers, 6 when the stack is not up."""
+    from pipeline import stack as team
+
+    try:
+        state = team.load_state(_stack_root(root))
+        if state is None:
+            raise team.StackNotUp("the stack is not up (no .crispml/stack/state.json)")
+        services = team.health(state)
+    except CrispError as error:
+        fail(error)
+    if as_json:
+        click.echo(json.dumps(services, indent=2))
+    else:
+        for name, service in services.items():
+            word = "up" if service["answers"] else "DOWN"
+            pid = f" (pid {service['pid']})" if service.get("pid") else ""
+            click.echo(f"{name:<9} {word:<5} {service['url']}{pid}")
+    if not all(service["answers"] for service in services.values()):
+        sys.exit(team.StackNotUp.exit_code)
+
+
+@stack.command("down")
+@ROOT_OPTION
+@click.option(
+    "--purge",
+    is_flag=True,
+    help="Also drop its databases and delete .crispml/stack (buckets, cluster, logs).",
+)
+def stack_down(root: Path | None, purge: bool) -> None:
+    """Stop the stack; buckets and databases are kept for the next `up` unless --purge."""
+    from pipeline import stack as team
+
+    try:
+        team.down(_stack_root(root), purge=purge, log=_stack_log)
+    except CrispError as error:
+        fail(error)
+
+
 def main() -> None:
+    import os
+
+    from pipeline import warm as warm_start
+
+    # Only a fork of the warm process may say it is one; a command started afresh is not.
+    os.environ.pop(warm_start.FORK_VARIABLE, None)
+    code = warm_start.run_warm(sys.argv)
+    if code is not None:
+        sys.exit(code)
     cli(prog_name="crispml")
 
 

@@ -125,11 +125,7 @@ def _check_range(spec: ColumnSpec, series: pd.Series, locate: Locate) -> None:
 
 def binary_target(spec: ColumnSpec, series: pd.Series, locate: Locate) -> pd.Series:
     """The target as 0/1, with 1 the positive class; a third value is a broken rule."""
-    positive = spec.positive_class
-    if spec.dtype == "string":
-        positive = str(positive)
-    elif spec.dtype == "bool":
-        positive = 1.0 if positive in spec.true_tokens else 0.0
+    positive = positive_value(spec)
     present = series.notna()
     values = pd.unique(series[present])
     if spec.allowed is None and len(values) > 2:
@@ -150,9 +146,22 @@ def validate(frame: pd.DataFrame, contract: Contract, locate: Locate | None = No
     lacks stay absent. Nulls are allowed at this point: the missing-value policy is
     prepare's job.
     """
-    locate = locate or row_locator()
     if len(frame) == 0:
         raise DataError("(source)", "at least one row", 0, "the source is empty")
+    result = validate_rows(frame, contract, locate)
+    check_two_classes(result, contract.target)
+    return result.reset_index(drop=True)
+
+
+def validate_rows(
+    frame: pd.DataFrame, contract: Contract, locate: Locate | None = None
+) -> pd.DataFrame:
+    """`validate` without the rules about the whole table (rows at all, two classes).
+
+    Every rule here judges a row by itself, so a source read in chunks (ingest) is
+    checked chunk by chunk; the result keeps `frame`'s index, which `locate` reads.
+    """
+    locate = locate or row_locator()
     missing = [s.name for s in contract.specs if s.required and s.name not in frame.columns]
     if missing:
         raise DataError(missing[0], "required column", "missing", f"missing columns: {missing}")
@@ -168,9 +177,26 @@ def validate(frame: pd.DataFrame, contract: Contract, locate: Locate | None = No
         if spec.role == Role.TARGET:
             series = binary_target(spec, series, locate)
         out[spec.name] = series
-    result = pd.DataFrame(out, index=frame.index)
-    check_two_classes(result, contract.target)
-    return result.reset_index(drop=True)
+    return pd.DataFrame(out, index=frame.index)
+
+
+def target_values(contract: Contract, frame: pd.DataFrame, locate: Locate) -> pd.Series:
+    """The target as the source gave it, cast to its type: what `binary_target` maps.
+
+    Ingest keeps, across chunks, which values it has seen, because a third class can sit
+    in another chunk than the first two.
+    """
+    spec = contract.target_spec
+    return _coerce(spec, frame[spec.name], locate)
+
+
+def positive_value(spec: ColumnSpec) -> object:
+    """The positive class as it compares with the cast target (see `binary_target`)."""
+    if spec.dtype == "string":
+        return str(spec.positive_class)
+    if spec.dtype == "bool":
+        return 1.0 if spec.positive_class in spec.true_tokens else 0.0
+    return spec.positive_class
 
 
 def derive_record_ids(frame: pd.DataFrame, columns: list[str]) -> pd.Series:

@@ -24,6 +24,12 @@ if TYPE_CHECKING:
     from pipeline.config import Settings
 
 PASSED, FAILED, INSUFFICIENT = "passed", "failed", "insufficient_evidence"
+# Above this many negatives, one model's bootstrap draws each resample's negatives as
+# counts per step (a multinomial) instead of row by row: the same distribution, since
+# the counts of n draws with replacement are multinomial, at a cost per step instead of
+# per row (1,000 resamples of 1.4 million rows took about 30 s row by row). Below it
+# the row-by-row draws stay, so every figure of the default data is unchanged.
+ROW_DRAWS_MAX_NEGATIVES = 200_000
 
 
 @dataclass(frozen=True)
@@ -94,6 +100,8 @@ def _bootstrap(y: np.ndarray, score_sets: list[np.ndarray], evidence: Evidence) 
     rng = np.random.default_rng(evidence.seed)
     rankings = [_rank(y, scores) for scores in score_sets]
     n_pos, n_neg = int((y == 1).sum()), int((y == 0).sum())
+    if len(rankings) == 1 and n_neg > ROW_DRAWS_MAX_NEGATIVES:
+        return [_bootstrap_by_counts(rankings[0], n_pos, n_neg, evidence, rng)]
     results: list[list[np.ndarray]] = [[] for _ in score_sets]
     # Batches bound memory: the negative draws are resamples x negatives integers.
     batch = max(1, min(evidence.resamples, 4_000_000 // max(n_neg, 1)))
@@ -108,6 +116,28 @@ def _bootstrap(y: np.ndarray, score_sets: list[np.ndarray], evidence: Evidence) 
             results[i].append(_ap(positives_at, negatives_at))
         done += size
     return [np.concatenate(r) for r in results]
+
+
+def _bootstrap_by_counts(
+    ranking: _Ranking, n_pos: int, n_neg: int, evidence: Evidence, rng: np.random.Generator
+) -> np.ndarray:
+    """One model's stratified bootstrap with the negatives drawn as counts per step.
+
+    Paired comparisons cannot use it: their models step at different scores, and the
+    same rows must serve both (see `ROW_DRAWS_MAX_NEGATIVES`).
+    """
+    shares = np.bincount(ranking.negative_step, minlength=ranking.steps + 1) / n_neg
+    out = []
+    batch = max(1, min(evidence.resamples, 4_000_000 // max(n_pos, ranking.steps + 1, 1)))
+    done = 0
+    while done < evidence.resamples:
+        size = min(batch, evidence.resamples - done)
+        pos_draws = rng.integers(0, n_pos, size=(size, n_pos))
+        positives_at = _counts(ranking.positive_step, pos_draws, ranking.steps)
+        negatives_at = rng.multinomial(n_neg, shares, size=size)[:, : ranking.steps]
+        out.append(_ap(positives_at, negatives_at))
+        done += size
+    return np.concatenate(out)
 
 
 def pr_auc(y: np.ndarray, scores: np.ndarray) -> float:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import pandas as pd
 
 from pipeline.config import ColumnSpec
@@ -50,7 +51,12 @@ def clean_truth(
     if ids.isna().any():
         raise DataError(id_column, "not null", None, f"{int(ids.isna().sum())} rows")
     accepted = label_values(target)
-    labels = truth[label_column].map(lambda v: accepted.get(v, accepted.get(str(v))))
+    raw = truth[label_column]
+    labels = raw.map(accepted)
+    # A value not taken as it is may still be one of the accepted texts ("1" for 1).
+    unmatched = labels.isna() & raw.notna()
+    if unmatched.any():
+        labels[unmatched] = raw[unmatched].astype(str).map(accepted)
     bad = labels.isna()
     if bad.any():
         raise DataError(
@@ -64,9 +70,25 @@ def clean_truth(
     return out.drop_duplicates("record_id", keep="last").reset_index(drop=True)
 
 
+def is_among(values: pd.Series, among: pd.Series) -> np.ndarray:
+    """Which of `values` (as text) are in `among`, by Arrow's hash lookup.
+
+    pandas 3's `isin` on Arrow-backed text builds one Arrow scalar per value in Python:
+    1.2 s of the label stage's 2 s on the default six frames.
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    found = pc.is_in(
+        pa.array(values.astype(str), type=pa.large_string()),
+        value_set=pa.array(among.astype(str), type=pa.large_string()),
+    )
+    return found.to_numpy(zero_copy_only=False).astype(bool)
+
+
 def match(scored_ids: pd.Series, truth: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
     """Labels for the scored records only, and how many scored records still wait for one."""
-    matched = truth[truth["record_id"].isin(set(scored_ids.astype(str)))]
+    matched = truth[is_among(truth["record_id"], scored_ids)]
     stats = {
         "scored": len(scored_ids),
         "labeled": len(matched),
@@ -85,8 +107,10 @@ def read_truth(settings, frame: int) -> tuple[pd.DataFrame, str]:
     source = settings.label_source
     contract = settings.contract
     if source.kind == "target":
+        layout = Layout(settings.root)
         prepared = pd.read_parquet(
-            Layout(settings.root).frame_file(Layout(settings.root).prepared, frame)
+            layout.frame_file(layout.prepared, frame),
+            columns=[contract.id_column, contract.target],
         )
         # Prepared ids are already pseudonymised when the filter is on (by ingest).
         return clean_truth(

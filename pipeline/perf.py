@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import resource
 import sys
 import time
@@ -38,6 +39,13 @@ def measured(stage: str, perf_dir: Path | None) -> Iterator[dict]:
         cpu_seconds=round(time.process_time() - cpu0, 3),
         peak_memory_mb=peak_rss_mb(),
     )
+    # In a fork of the warm process (pipeline/warm.py), part of the peak is the memory
+    # shared with it from the start: the libraries it imported.
+    inherited = os.environ.get("CRISPML_IN_WARM_FORK")
+    record["warm_start"] = inherited is not None
+    if inherited is not None:
+        with contextlib.suppress(ValueError):
+            record["inherited_memory_mb"] = float(inherited)
     print(json.dumps({"event": "stage_finished", **record}), file=sys.stderr, flush=True)
     if perf_dir is not None:
         write_json(perf_dir / f"{stage}.json", record)

@@ -457,7 +457,7 @@ class Replay:
 
     def score(self, day: int, version: str, model: Any, threshold: float) -> pd.DataFrame:
         from pipeline.score import score_rows
-        from pipeline.store import new_score_id, utcnow
+        from pipeline.store import new_batch_score_ids, utcnow
 
         settings, env = self.settings, self.settings.env
         scored = score_rows(
@@ -474,10 +474,9 @@ class Replay:
             "environment": env,
             "channel": "batch",
             "source": f"replay day {day}",
-            "scored_at": now,
         }
-        rows = [{**lineage, **r, "score_id": new_score_id()} for r in scored.to_dict("records")]
-        self.store.insert_scores(rows)
+        chunk = scored.assign(score_id=new_batch_score_ids(len(scored)))
+        self.store.store_batch_frame(chunk, lineage, now)
         return scored
 
     def import_labels(self, frame: int) -> int:

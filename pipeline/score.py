@@ -8,12 +8,15 @@ version and environment, so a re-run (or a run resumed after a crash) adds nothi
 twice, and its receipt names the ids already stored.
 
 One process scores all of `frames.score`, each frame with its own receipt: Python,
-scikit-learn and the model are loaded once, not once per frame.
+scikit-learn and the model are loaded once, not once per frame. `score.engine: spark`
+scores the same frames on a Spark session instead (`pipeline.score_spark`), with the
+same rows, lineage and receipts; this module only hands over to it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -40,10 +43,20 @@ def score_rows(
     if data.empty:
         return pd.DataFrame({"record_id": [], "score": [], "decision": []})
     probability = model.predict_proba(data[inputs])[:, 1]
+    return decided(data[id_column], probability, threshold)
+
+
+def decided(record_ids: pd.Series, probability: Any, threshold: float) -> pd.DataFrame:
+    """record_id, score and decision from the model's positive-class probabilities.
+
+    Both engines come through here, so a record gets the same id text and decision
+    whichever engine scored it.
+    """
+    probability = np.asarray(probability, dtype="float64")
     return pd.DataFrame(
         {
-            "record_id": data[id_column].astype(str).to_numpy(),
-            "score": probability.astype("float64"),
+            "record_id": record_ids.astype(str).to_numpy(),
+            "score": probability,
             "decision": (probability >= threshold).astype("int64"),
         }
     )
@@ -94,37 +107,54 @@ def run(settings, frame: int) -> dict:
 
 def run_frames(settings, frames: Sequence[int]) -> list[dict]:
     """Score frames in one process, one receipt each: imports and the model load are paid once."""
+    if settings.score.engine == "spark":
+        from pipeline import score_spark
+
+        return score_spark.run_frames(settings, frames)
     from pipeline.layout import Layout
     from pipeline.registered import Registered
-    from pipeline.sources import describe
-    from pipeline.store import ScoreStore
-    from pipeline.store.pseudonymise import require_pseudonymised
-    from pipeline.tracking import git_commit
 
     layout = Layout(settings.root)
     registered = Registered.load(layout.registered)
     serving = serving_model(registered)
     model, model_from = load_serving_model(settings, registered, serving)
-    env = settings.env
-    lineage = {
-        "threshold": serving.threshold,
-        "model_name": registered.model_name,
-        "model_version": serving.version,
-        "run_id": serving.run_id,
-        "git_commit": git_commit(settings.root),
-        "environment": env,
-        "channel": "batch",
-        "source": describe(settings.environment.data.source, settings)[:300],
-    }
-    store = ScoreStore(settings.store_url)
-    try:
-        store.migrate()
-        require_pseudonymised(store, env, settings.environment.privacy)
+    lineage = batch_lineage(settings, registered, serving)
+    with opened_store(settings) as store:
         summaries = []
         for frame in frames:
             lineage["frame"] = frame
             summaries.append(_score_frame(settings, layout, model, model_from, store, lineage))
         return summaries
+
+
+def batch_lineage(settings, registered: Registered, serving: Serving) -> dict[str, Any]:
+    """What every batch score of this run carries besides its row (frame set per frame)."""
+    from pipeline.sources import describe
+    from pipeline.tracking import git_commit
+
+    return {
+        "threshold": serving.threshold,
+        "model_name": registered.model_name,
+        "model_version": serving.version,
+        "run_id": serving.run_id,
+        "git_commit": git_commit(settings.root),
+        "environment": settings.env,
+        "channel": "batch",
+        "source": describe(settings.environment.data.source, settings)[:300],
+    }
+
+
+@contextmanager
+def opened_store(settings) -> Iterator[Any]:
+    """The environment's store at the newest schema, refused while it holds raw ids."""
+    from pipeline.store import ScoreStore
+    from pipeline.store.pseudonymise import require_pseudonymised
+
+    store = ScoreStore(settings.store_url)
+    try:
+        store.migrate()
+        require_pseudonymised(store, settings.env, settings.environment.privacy)
+        yield store
     finally:
         store.dispose()
 
@@ -134,8 +164,7 @@ def _score_frame(
 ) -> dict:
     from tqdm import tqdm
 
-    from pipeline.io import write_json, write_parquet
-    from pipeline.store import new_score_id, utcnow
+    from pipeline.store import new_batch_score_ids, utcnow
 
     frame = lineage["frame"]
     data = pd.read_parquet(layout.frame_file(layout.prepared, frame))
@@ -145,7 +174,7 @@ def _score_frame(
     try:
         for part in chunks(data, settings.score.chunk_rows):
             scored = score_rows(model, part, inputs, id_column, lineage["threshold"])
-            scored["score_id"] = [new_score_id() for _ in range(len(scored))]
+            scored["score_id"] = new_batch_score_ids(len(scored))
             # A record this version scored before keeps its stored score: the receipt
             # names the ids in the store, not the fresh ones a re-run drew.
             added, scored["score_id"] = store.store_batch_frame(scored, lineage, utcnow())
@@ -157,6 +186,20 @@ def _score_frame(
     receipt = (
         pd.concat(receipts, ignore_index=True) if receipts else score_rows(None, data, [], "", 0)
     )
+    return write_frame_outputs(layout, receipt, inserted, lineage, model_from)
+
+
+def write_frame_outputs(
+    layout, receipt: pd.DataFrame, inserted: int, lineage: dict[str, Any], model_from: str
+) -> dict:
+    """A frame's receipt (data/scored) and summary (reports/score), whichever engine scored.
+
+    `receipt` is record_id, score, decision and the stored score_id, in input order.
+    """
+    from pipeline.io import write_json, write_parquet
+    from pipeline.store import utcnow
+
+    frame = lineage["frame"]
     write_parquet(layout.frame_file(layout.scored, frame), receipt)
     summary = {
         "frame": frame,

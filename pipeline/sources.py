@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -141,6 +142,83 @@ def read_source(settings: Settings) -> pd.DataFrame:
         )
     url = sql_url(source.url, source.url_env, "data.source.url_env")
     return read_sql(url, source.query)
+
+
+def read_source_chunks(settings: Settings, chunk_rows: int) -> Iterator[pd.DataFrame]:
+    """The source `chunk_rows` rows at a time, each chunk indexed by its rows' positions.
+
+    Ingest reads this instead of `read_source` so that a large source is never held
+    whole: the generator writes its text columns a chunk at a time, a local Parquet file
+    is read by record batches, a CSV by pandas' chunked reader. A remote Parquet file
+    and a query's result are read whole (a query's hash covers all of it, see
+    `read_sql`) and handed on in slices. The first chunk carries the frame attrs
+    (`first_line`, `sha256`) that `read_source` would.
+    """
+
+    source = settings.environment.data.source
+    if isinstance(source, GeneratorSource):
+        from pipeline.generator import generate_chunks
+
+        yield from generate_chunks(settings.generator, settings.frames.count, chunk_rows)
+        return
+    if isinstance(source, FileSource):
+        fmt = _format_of(source.path, source.format)
+        location = _location(source.path, settings.root)
+        if fmt == "csv" or ("://" not in source.path and Path(location).is_file()):
+            yield from _file_chunks(source, fmt, location, settings, chunk_rows)
+            return
+    whole = read_source(settings)
+    for start in range(0, max(len(whole), 1), chunk_rows):
+        chunk = whole.iloc[start : start + chunk_rows]
+        chunk.attrs = dict(whole.attrs)
+        yield chunk
+
+
+def _file_chunks(
+    source: FileSource, fmt: str, location: str, settings: Settings, chunk_rows: int
+) -> Iterator[pd.DataFrame]:
+    """A local Parquet file by record batches, or any CSV by pandas' chunked reader."""
+    import pandas as pd
+
+    if fmt == "parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        start = 0
+        with pq.ParquetFile(location) as handle:
+            schema = handle.schema_arrow
+            for batch in handle.iter_batches(batch_size=chunk_rows):
+                # Through a table with the file's schema, so pandas' own metadata (an
+                # Int64 column, say) is applied as `pd.read_parquet` applies it.
+                chunk = pa.Table.from_batches([batch], schema=schema).to_pandas()
+                chunk.index = pd.RangeIndex(start, start + len(chunk))
+                start += len(chunk)
+                yield chunk
+        return
+    if not Path(location).is_file() and "://" not in source.path:
+        raise ServiceUnavailable(
+            f"source file not found: {location} (data.source.path {source.path!r})"
+        )
+    dtypes = _string_columns(settings.contract) if settings.contract else None
+    try:
+        reader = pd.read_csv(
+            location,
+            dtype=dtypes,
+            storage_options=_storage_options(source.path, source.endpoint_url),
+            keep_default_na=False,
+            na_values=[""],
+            chunksize=chunk_rows,
+        )
+        with reader:
+            for chunk in reader:
+                chunk.attrs["first_line"] = CSV_FIRST_LINE
+                yield chunk
+    except FileNotFoundError:
+        raise ServiceUnavailable(f"source file not found: {source.path}") from None
+    except (OSError, PermissionError) as exc:
+        if "://" in source.path:
+            raise ServiceUnavailable(f"cannot read {source.path}: {exc}") from None
+        raise
 
 
 def _file_md5(path: Path, state: dict[str, Any]) -> str:

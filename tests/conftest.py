@@ -75,6 +75,33 @@ def settings(project: Path):
     return load_settings(project)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def warm_processes_of_this_session() -> object:
+    """Stage commands of the tests use warm processes of their own, stopped at the end.
+
+    The tests then never run in a warm process a developer's own commands started (or
+    the reverse), and leave none behind. A short folder: a socket path has ~100 bytes.
+    """
+    import tempfile
+
+    from pipeline import warm
+
+    folder = Path(tempfile.mkdtemp(prefix="cw-"))
+    # Each project copy (its own PYTHONPATH) gets a warm process of its own; a short idle
+    # time keeps the copies a test has finished with from holding memory for minutes.
+    chosen = {warm.DIR_VARIABLE: str(folder / "warm"), warm.IDLE_VARIABLE: "30"}
+    previous = {name: os.environ.get(name) for name in chosen}
+    os.environ.update(chosen)
+    yield
+    warm.stop_all()
+    for name, value in previous.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+    shutil.rmtree(folder, ignore_errors=True)
+
+
 # What MLflow or a stage would leave at the root of the working tree if a test ran it there.
 ROOT_LEFTOVERS = ("mlruns", "mlartifacts", "mlflow.db", "scores.db")
 

@@ -7,8 +7,8 @@ missing dep is a stale output waiting to happen, a needless one re-runs a stage 
 nothing.
 
 What runs for `crispml <step>`: the module-level imports of `pipeline/cli.py` (only
-their module-level code runs), the imports of the stage wrapper and of the settings
-loader it calls, and everything the step's
+their module-level code runs), the imports of its entry point `main`, of the stage
+wrapper and of the settings loader it calls, and everything the step's
 module imports, at module level or inside its functions (any of them may run).
 """
 
@@ -105,8 +105,9 @@ def required_code(command: str) -> set[Path]:
     cli_file = PIPELINE / "cli.py"
     cli_tree = ast.parse(cli_file.read_text())
     at_import = closure({cli_file}, module_level_only=True)
-    # The stage wrapper and the settings loader it calls run for every step.
-    shared = [_stage_function(cli_tree, name) for name in ("stage", "settings_for")]
+    # The entry point (which hands stage commands to the warm process, pipeline/warm.py),
+    # the stage wrapper and the settings loader it calls run for every step.
+    shared = [_stage_function(cli_tree, name) for name in ("main", "stage", "settings_for")]
     step = _stage_function(cli_tree, command)
     roots: set[Path] = set()
     for node in (*shared, step):

@@ -131,3 +131,113 @@ def test_rows_that_differ_only_in_a_direct_identifier_are_not_duplicates(setting
     assert report["cleaning"]["duplicates_dropped"] == 1
     assert {"tx-other", raw["transaction_id"].iloc[9]} <= set(out["transaction_id"])
     assert "tx-resent" not in set(out["transaction_id"]) and REPEATED not in out.columns
+
+
+# --- the chunked path of `run` gives what the whole-table path gives --------------------
+
+
+def _chunked(raw: pd.DataFrame, settings, rows: int, key: bytes | None = None):
+    from pipeline.ingest import ingest_in_chunks
+
+    frames: dict[int, pd.DataFrame] = {}
+    chunks = (raw.iloc[start : start + rows] for start in range(0, len(raw), rows))
+    summary = ingest_in_chunks(chunks, settings, frames.__setitem__, key=key)
+    return frames, summary
+
+
+def _same_as_whole(raw: pd.DataFrame, settings, rows: int, key: bytes | None = None) -> None:
+    expected, summary = ingest(raw, settings, key=key)
+    frames, chunked_summary = _chunked(raw, settings, rows, key)
+    assert chunked_summary == summary
+    assert sorted(frames) == sorted(expected)
+    for number, frame in expected.items():
+        pd.testing.assert_frame_equal(frames[number], frame, check_exact=True)
+
+
+def _with_repeats_across_chunks(settings, rows: int, chunk: int) -> pd.DataFrame:
+    raw = generate(settings.generator.model_copy(update={"rows": rows}), settings.frames.count)
+    # Row 5 sent again twice and row 7 once, all three in later chunks than the first copy;
+    # a customer's age missing in one chunk only makes the column Int64 everywhere.
+    again = raw.iloc[[5, 7, 5]].assign(transaction_id=["tx-a", "tx-b", "tx-c"])
+    raw = pd.concat([raw.iloc[: chunk + 1], again, raw.iloc[chunk + 1 :]], ignore_index=True)
+    raw["customer_age"] = raw["customer_age"].astype("Int64")
+    raw.loc[chunk * 2 + 3, "customer_age"] = pd.NA
+    return raw
+
+
+def test_chunks_give_the_whole_table_result_with_repeats_across_chunks(settings) -> None:
+    from pipeline.ingest import REPEATED
+
+    raw = _with_repeats_across_chunks(settings, 900, 200)
+    _same_as_whole(raw, settings, 200)
+    frames, _ = _chunked(raw, settings, 200)
+    data = pd.concat(frames.values(), ignore_index=True)
+    assert int(data[REPEATED].sum()) == 3
+    assert data["customer_age"].dtype == "Int64"
+
+
+def test_chunks_give_the_whole_table_result_when_sampled_keyed_or_derived(settings) -> None:
+    raw = _with_repeats_across_chunks(settings, 900, 130)
+    data = settings.environment.data.model_copy(update={"sample_fraction": 0.4})
+    sampled = settings.model_copy(
+        update={"environment": settings.environment.model_copy(update={"data": data})}
+    )
+    _same_as_whole(raw, sampled, 130)
+    _same_as_whole(raw, _keyed(settings), 130, key=KEY)
+    # Without ids, identical rows in different chunks still number "-0", "-1", ...
+    _same_as_whole(raw.drop(columns=["transaction_id"]), settings, 130)
+    _same_as_whole(raw.drop(columns=["transaction_id"]), sampled, 130)
+
+
+def test_a_hash_collision_is_not_taken_for_a_repeat(settings, monkeypatch) -> None:
+    import numpy as np
+
+    import pipeline.ingest as ingest_module
+
+    raw = _with_repeats_across_chunks(settings, 400, 100)
+    # Every row hashes alike: only the exact check on values can tell repeats apart.
+    monkeypatch.setattr(
+        ingest_module, "content_hashes", lambda data, columns: np.zeros(len(data), "uint64")
+    )
+    _same_as_whole(raw, settings, 100)
+
+
+def test_chunked_errors_name_field_rule_value_and_the_row(settings) -> None:
+    from pipeline.contract import row_locator
+    from pipeline.ingest import ingest_in_chunks
+
+    raw = generate(settings.generator.model_copy(update={"rows": 300}), settings.frames.count)
+    raw.loc[250, "Amount"] = -5.0
+    chunks = (raw.iloc[start : start + 100] for start in range(0, len(raw), 100))
+    with pytest.raises(DataError, match=r"'Amount' breaks rule 'min 0': -5\.0.*line 252"):
+        ingest_in_chunks(chunks, settings, lambda n, f: None, row_locator(2))
+    # A third class in another chunk than the first two is still a third class.
+    raw = generate(settings.generator.model_copy(update={"rows": 300}), settings.frames.count)
+    raw["Class"] = "no"
+    raw.loc[[10, 20], "Class"] = "yes"
+    raw.loc[280, "Class"] = "maybe"  # its chunk alone holds two classes, "no" and "maybe"
+    dump = settings.contract.model_dump(exclude_none=True)
+    for column in dump["columns"]:
+        if column.get("name") == "Class":
+            del column["allowed"]
+            column.update(dtype="string", positive="yes")
+    contract = type(settings.contract).model_validate(dump)
+    texts = settings.model_copy(update={"contract": contract})
+    with pytest.raises(DataError) as whole:
+        ingest(raw, texts)
+    chunks = (raw.iloc[start : start + 100] for start in range(0, len(raw), 100))
+    with pytest.raises(DataError) as chunked:
+        ingest_in_chunks(chunks, texts, lambda n, f: None)
+    assert str(chunked.value) == str(whole.value)
+    with pytest.raises(DataError, match="the source is empty"):
+        ingest_in_chunks(iter([raw.iloc[:0]]), settings, lambda n, f: None)
+
+
+def test_the_generator_in_chunks_is_the_generator(settings) -> None:
+    from pipeline.generator import generate_chunks
+
+    config = settings.generator.model_copy(update={"rows": 1000})
+    whole = generate(config, settings.frames.count)
+    chunks = list(generate_chunks(config, settings.frames.count, 300))
+    assert [len(c) for c in chunks] == [300, 300, 300, 100]
+    pd.testing.assert_frame_equal(pd.concat(chunks), whole, check_exact=True)

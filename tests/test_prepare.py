@@ -80,3 +80,64 @@ def test_data_the_filter_did_not_minimise_is_refused(settings) -> None:
         prepare(data, settings.contract, Prepare(), keyed, DROPPED)
     with pytest.raises(ConfigError, match="pseudonymise_ids is off"):
         prepare(data, settings.contract, Prepare(), privacy, {"pseudonymised_columns": ["x"]})
+
+
+# --- `run` prepares one frame at a time; the result is the whole-table one ---------------
+
+
+def _ingested(settings, rows: int = 900):
+    """Ingested frames with repeats across frames, gaps and a rare quasi-identifier class."""
+    import pandas as pd
+
+    from pipeline.ingest import ingest
+
+    raw = generate(settings.generator.model_copy(update={"rows": rows}), 12)
+    again = raw.iloc[[5, 7, rows - 3]].assign(transaction_id=["tx-a", "tx-b", "tx-c"])
+    raw = pd.concat([raw, again], ignore_index=True)
+    raw.loc[[40, rows // 2], "V3"] = np.nan
+    raw.loc[rows - 10, "postcode"] = "00000"  # a class of one: suppressed across frames
+    frames, summary = ingest(raw, settings)
+    return frames, summary["privacy"]
+
+
+@pytest.mark.parametrize("policy", ["drop", "fill_median", "fail"])
+@pytest.mark.parametrize("rules", [True, False])
+def test_frame_by_frame_gives_the_whole_table_result(settings, policy, rules) -> None:
+    import pandas as pd
+
+    from pipeline.prepare import needed_columns, prepare_by_frame, split_frames
+
+    frames, minimised = _ingested(settings)
+    privacy = settings.environment.privacy
+    if not rules:  # no generalisation rules: decile bands cut on all frames at once
+        privacy = privacy.model_copy(update={"generalise": {}})
+    options = Prepare(missing=policy)
+    needed = needed_columns(settings) | {"postcode"}
+    whole = pd.concat(frames.values(), ignore_index=True)
+    written: dict[int, pd.DataFrame] = {}
+
+    def by_frame():
+        return prepare_by_frame(
+            lambda n, columns=None: frames[n],
+            12,
+            written.__setitem__,
+            settings.contract,
+            options,
+            privacy,
+            minimised,
+            needed,
+        )
+
+    if policy == "fail":
+        with pytest.raises(DataError) as expected:
+            prepare(whole, settings.contract, options, privacy, minimised, needed)
+        with pytest.raises(DataError) as got:
+            by_frame()
+        assert str(got.value) == str(expected.value)
+        return
+    prepared, report = prepare(whole, settings.contract, options, privacy, minimised, needed)
+    assert by_frame() == report
+    assert report["cleaning"]["duplicates_dropped"] == 3
+    assert report["suppressed_rows"] > 0
+    for number, part in split_frames(prepared, 12).items():
+        pd.testing.assert_frame_equal(written[number], part, check_exact=True)

@@ -113,3 +113,22 @@ def test_s3_object_through_a_real_endpoint(
     )
     got = validate(read_source(_with_source(settings, source)), settings.contract)
     assert len(got) == len(data)
+
+
+@pytest.mark.parametrize("name", ["d.parquet", "d.csv", "generator"])
+def test_chunks_of_a_source_are_the_source(settings, data, tmp_path: Path, name) -> None:
+    """Ingest reads chunks: together, and with their row positions, they are `read_source`."""
+    from pipeline.sources import read_source_chunks
+
+    if name == "generator":
+        chosen = settings
+    else:
+        path = tmp_path / name
+        data.to_parquet(path) if name.endswith(".parquet") else data.to_csv(path, index=False)
+        chosen = _with_source(settings, FileSource(kind="file", path=str(path)))
+    chunks = list(read_source_chunks(chosen, 70))
+    whole = read_source(chosen)
+    assert [len(c) for c in chunks[:-1]] == [70] * (len(chunks) - 1)
+    pd.testing.assert_frame_equal(pd.concat(chunks), whole, check_exact=True)
+    if name == "d.csv":
+        assert chunks[-1].attrs["first_line"] == whole.attrs["first_line"] == 2

@@ -96,9 +96,36 @@ def _row(record: str, version: str = "1", frame: int = 7, score: float = 0.4) ->
     }
 
 
-def test_schema_is_versioned_and_migrating_twice_is_harmless(store) -> None:
+def test_schema_is_versioned_and_migrating_twice_is_harmless(store, tmp_path) -> None:
+    never = ScoreStore(f"sqlite:///{tmp_path / 'never-migrated.db'}")
+    assert never.revision() is None
+    never.dispose()
     assert store.migrate() == HEAD
+    assert store.revision() == HEAD
     assert store.migrate() == HEAD
+
+
+def test_the_head_the_store_skips_alembic_at_is_alembics_own_head() -> None:
+    """HEAD_REVISION must move with every new migration, or stores would stop at the old one."""
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    from pipeline.store import HEAD_REVISION, MIGRATIONS
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    assert ScriptDirectory.from_config(config).get_heads() == [HEAD_REVISION] == [HEAD]
+
+
+def test_a_store_behind_the_head_is_still_migrated(store) -> None:
+    store.migrate()
+    with store.engine.begin() as conn:
+        conn.execute(sa.text("UPDATE alembic_version SET version_num = '0003'"))
+        conn.execute(sa.text("DROP INDEX ux_scores_batch_record"))
+    assert store.migrate() == HEAD
+    with store.engine.connect() as conn:
+        names = {ix["name"] for ix in sa.inspect(conn).get_indexes("scores")}
+    assert "ux_scores_batch_record" in names
 
 
 def test_rescoring_the_same_records_adds_nothing(store) -> None:

@@ -19,7 +19,7 @@ import pytest
 import sqlalchemy as sa
 
 from pipeline.errors import CrispError
-from pipeline.store import ScoreStore, _insert, new_score_id, utcnow
+from pipeline.store import ScoreStore, _insert, bulk, new_batch_score_ids, new_score_id, utcnow
 from pipeline.store.schema import labels
 from tests.conftest import postgres_url
 from tests.test_store import _stores
@@ -198,6 +198,61 @@ def test_duplicate_records_within_one_frame_are_stored_once(open_store) -> None:
     by_dicts.insert_scores(as_dicts(chunk))
     assert_same_tables(by_dicts, store, "scores")
     assert store.store_batch_frame(scored(["a", "a"]), LINEAGE, AT) == (0, [first[0]] * 2)
+
+
+def test_a_new_chunk_goes_straight_into_the_table(store, monkeypatch) -> None:
+    """No record of the chunk stored yet: no staging table, no conflict handling."""
+
+    def staging(*args, **kwargs):
+        raise AssertionError("a new chunk took the staging path")
+
+    monkeypatch.setattr(bulk, "_store_batch", staging)
+    chunk = scored([f"tx-{i}" for i in range(1200)])
+    assert store.store_batch_frame(chunk, LINEAGE, AT) == (1200, list(chunk.score_id))
+    assert store.count_scores() == 1200
+
+
+def test_the_direct_and_the_staging_path_store_the_same_rows(open_store) -> None:
+    direct, staged = open_store(), open_store()
+    chunk = scored([f"tx-{i}" for i in range(500)] + ["tab\there", "quote'\"\\", "ünï"])
+    assert direct.store_batch_frame(chunk, LINEAGE, AT) == (503, list(chunk.score_id))
+    per_row = bulk.frame_columns(chunk, {c: bulk.SCORE_KINDS[c] for c in chunk.columns})
+    constants = {**LINEAGE, "shadow": False, "shadow_of": None, "scored_at": AT}
+    with staged.engine.begin() as conn:
+        assert bulk.store_batch(conn, per_row, constants, direct=False) == (
+            503,
+            list(chunk.score_id),
+        )
+    assert_same_tables(direct, staged, "scores")
+
+
+def test_a_chunk_that_meets_a_stored_record_falls_back_and_names_it(store) -> None:
+    """A concurrent writer stored one record of a chunk whose first record is new."""
+    other = scored(["b"])
+    store.store_batch_frame(other, LINEAGE, AT)
+    chunk = scored(["a", "b", "c"], seed=3)
+    added, ids = store.store_batch_frame(chunk, LINEAGE, AT)
+    assert added == 2 and store.count_scores() == 3
+    assert ids == [chunk.score_id[0], other.score_id[0], chunk.score_id[2]]
+
+
+def test_batch_score_ids_are_random_uuid7_in_time_order() -> None:
+    ids = new_batch_score_ids(2000, now_ms=1_765_000_000_000)
+    parsed = [uuid.UUID(hex=i) for i in ids]
+    assert len(set(ids)) == 2000 and all(len(i) == 32 for i in ids)
+    assert {p.version for p in parsed} == {7} and {p.variant for p in parsed} == {uuid.RFC_4122}
+    assert {int(i[:12], 16) for i in ids} == {1_765_000_000_000}  # the millisecond, first
+    # 74 random bits after it: every bit position takes both values across the chunk.
+    random_bits = [(p.int >> 64 & (2**12 - 1), p.int & (2**62 - 1)) for p in parsed]
+    for width, part in ((12, 0), (62, 1)):
+        any_one, all_ones = 0, 2**width - 1
+        for bits in random_bits:
+            any_one |= bits[part]
+            all_ones &= bits[part]
+        assert any_one == 2**width - 1 and all_ones == 0
+    later = new_batch_score_ids(1)[0]
+    assert later[:12] > ids[0][:12]  # a later chunk sorts after an earlier one
+    assert new_batch_score_ids(0) == []
 
 
 def test_a_score_id_taken_by_another_record_stores_nothing(store) -> None:

@@ -7,9 +7,10 @@ typo fails at load time with the key named.
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, Field, model_validator
+from pydantic import AfterValidator, Field, field_validator, model_validator
 
 from pipeline.config.contract import Strict, without_password
 
@@ -143,8 +144,40 @@ class Register(Strict):
     experiment: str = "crispml"
 
 
+# The Spark master URLs `score.spark_master` takes: local threads, a standalone
+# cluster, YARN or Kubernetes. Checked here so that a typo fails at load time, naming
+# the key, instead of after a Spark session took half a minute to start.
+SPARK_MASTER = re.compile(
+    r"local(\[(\*|[1-9]\d*)(,[1-9]\d*)?\])?"
+    r"|local-cluster\[[1-9]\d*,[1-9]\d*,[1-9]\d*\]"
+    r"|yarn|(spark|k8s)://\S+"
+)
+
+
 class Score(Strict):
+    """How the score stage runs: one process in chunks, or a Spark job.
+
+    `engine: spark` scores with `mlflow.pyfunc.spark_udf` on a session at
+    `spark_master` (the `spark` extra and Java 17); each partition's task stores its
+    chunks of up to `chunk_rows` rows, one transaction each.
+    """
+
     chunk_rows: int = Field(50_000, ge=1)
+    engine: Literal["pandas", "spark"] = "pandas"
+    spark_master: str = "local[*]"
+    # Partitions of a frame's Spark job; None: the session's default parallelism.
+    spark_partitions: int | None = Field(None, ge=1)
+
+    @field_validator("spark_master")
+    @classmethod
+    def _known_master(cls, value: str) -> str:
+        if not SPARK_MASTER.fullmatch(value):
+            raise ValueError(
+                f"score.spark_master {value!r} is not a Spark master URL: local, local[N], "
+                "local[*], local[N,F], local-cluster[N,C,M], yarn, spark://HOST:PORT or "
+                "k8s://URL"
+            )
+        return value
 
 
 class LabelSource(Strict):

@@ -4,8 +4,10 @@ One implementation for SQLite (the embedded default, in WAL mode) and PostgreSQL
 Writes are idempotent: a batch score is unique per (environment, model, version,
 record) by a partial unique index (revision 0004) and inserted with ON CONFLICT DO
 NOTHING, labels are upserted, so a re-run never duplicates a row. Score ids are random
-(uuid4) for batch and online scores alike: an id must not be computable from a record
-id someone knows, such as a transaction number.
+for batch and online scores alike: an id must not be computable from a record id
+someone knows, such as a transaction number. Online ids are uuid4; batch ids are UUIDv7
+(RFC 9562: a millisecond time, then 74 random bits), because a chunk of random uuid4
+keys lands all over the primary-key index, and time-ordered ones land at its end.
 
 SQLite durability: the store runs in WAL mode with `PRAGMA synchronous=NORMAL` unless
 the URL says otherwise with a `synchronous` query parameter,
@@ -25,12 +27,15 @@ stores the challenger's score of every answered record as a row with `shadow` tr
 from __future__ import annotations
 
 import hashlib
+import os
+import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
@@ -40,6 +45,10 @@ from pipeline.store.bulk import BATCH_CHANNEL
 from pipeline.store.schema import labels, scores
 
 MIGRATIONS = Path(__file__).with_name("migrations")
+# The newest revision under migrations/versions (tests/test_store.py checks it against
+# Alembic's own head). A store already there is not handed to Alembic at all: importing
+# and configuring Alembic costs about half a second, paid by every score and label stage.
+HEAD_REVISION = "0004"
 # The PostgreSQL advisory lock migrations take: a fixed 63-bit number from a fixed name.
 MIGRATION_LOCK = int.from_bytes(hashlib.sha256(b"crispml.store.migrate").digest()[:8]) >> 1
 SCORE_COLUMNS = [c.name for c in scores.columns]
@@ -62,6 +71,26 @@ BATCH_LINEAGE = [
 def new_score_id() -> str:
     """A random id, for batch and online scores alike: unguessable from the record."""
     return uuid.uuid4().hex
+
+
+def new_batch_score_ids(count: int, now_ms: int | None = None) -> list[str]:
+    """`count` random UUIDv7 ids (32 hex digits) for one chunk of batch scores.
+
+    As unguessable as uuid4 where it matters (74 random bits from the operating system's
+    CSPRNG, nothing derived from the record), and ordered by time: the ids of a chunk all
+    go to the right edge of the primary-key index instead of one random page each, which
+    made bulk inserts of 50,000 rows 1.2-1.5x faster on both stores
+    (bench/store_throughput.py).
+    """
+    if count <= 0:
+        return []
+    stamp = (time.time_ns() // 1_000_000 if now_ms is None else now_ms) & (2**48 - 1)
+    raw = np.frombuffer(os.urandom(16 * count), dtype=np.uint8).reshape(count, 16).copy()
+    raw[:, :6] = np.frombuffer(stamp.to_bytes(6, "big"), dtype=np.uint8)
+    raw[:, 6] = (raw[:, 6] & 0x0F) | 0x70  # version 7
+    raw[:, 8] = (raw[:, 8] & 0x3F) | 0x80  # RFC 9562 variant
+    text = raw.tobytes().hex()
+    return [text[i : i + 32] for i in range(0, 32 * count, 32)]
 
 
 def shadow_score_id(champion_score_id: str, model_version: str) -> str:
@@ -223,6 +252,8 @@ class ScoreStore:
         turns: the first migrates, the others find the schema at head. Without it two of
         them create the same tables at once and one crashes.
         """
+        if self.revision() == HEAD_REVISION:
+            return HEAD_REVISION
         from alembic import command
         from alembic.config import Config
         from alembic.runtime.migration import MigrationContext
@@ -241,6 +272,19 @@ class ScoreStore:
                 return str(MigrationContext.configure(connection).get_current_revision())
         except sa.exc.OperationalError as exc:
             raise ServiceUnavailable(f"score store {self.safe_url}: {exc.orig}") from None
+
+    def revision(self) -> str | None:
+        """The schema's Alembic revision as stored, None for a store never migrated."""
+        try:
+            with self.engine.connect() as connection:
+                if not sa.inspect(connection).has_table("alembic_version"):
+                    return None
+                found = connection.execute(sa.text("SELECT version_num FROM alembic_version"))
+                versions = [row[0] for row in found]
+        except sa.exc.OperationalError as exc:
+            raise ServiceUnavailable(f"score store {self.safe_url}: {exc.orig}") from None
+        # Alembic keeps one row per head; anything but exactly one is Alembic's to sort out.
+        return str(versions[0]) if len(versions) == 1 else None
 
     @property
     def safe_url(self) -> str:
@@ -313,8 +357,19 @@ class ScoreStore:
             raise CrispError("store_batch_frame takes batch scores only (channel 'batch')")
         per_row = bulk.frame_columns(scored, {c: bulk.SCORE_KINDS[c] for c in BATCH_FRAME_COLUMNS})
         constants = {**lineage, **_SCORE_DEFAULTS, "scored_at": scored_at}
-        with self.engine.begin() as conn:
-            return bulk.store_batch(conn, per_row, constants)
+        return self._store_batch(per_row, constants)
+
+    def _store_batch(
+        self, per_row: dict[str, list[Any]], constants: dict[str, Any]
+    ) -> tuple[int, list[str]]:
+        """One chunk in one transaction: straight in when it is new, else through staging."""
+        try:
+            with self.engine.begin() as conn:
+                return bulk.store_batch(conn, per_row, constants, direct=True)
+        except bulk.DirectInsertRefused:
+            # Rolled back by now; the staging path stores what is new and names the rest.
+            with self.engine.begin() as conn:
+                return bulk.store_batch(conn, per_row, constants)
 
     def store_batch_scores(self, rows: Sequence[dict[str, Any]]) -> tuple[int, list[str]]:
         """`store_batch_frame` for rows as dicts, for callers that have them.
@@ -341,8 +396,7 @@ class ScoreStore:
             name: bulk.column_values(pd.Series(values, dtype=object), bulk.SCORE_KINDS[name], name)
             for name, values in per_row.items()
         }
-        with self.engine.begin() as conn:
-            return bulk.store_batch(conn, per_row, constants)
+        return self._store_batch(per_row, constants)
 
     def upsert_labels_frame(self, labels: pd.DataFrame) -> int:
         """Insert or overwrite ground truth; the newest word on a record wins.

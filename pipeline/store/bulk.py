@@ -7,6 +7,13 @@ go into a temporary staging table by the driver's fastest path (COPY on PostgreS
 as parameters, and one `INSERT ... SELECT` moves the chunk into its table. Everything
 happens on the caller's connection, so it is one transaction with the rest of the chunk.
 
+A chunk none of whose records is stored yet (every first run) skips the staging table:
+its rows go straight into `scores`, by COPY on PostgreSQL and a plain executemany on
+SQLite, with no conflict handling to pay for. Should a row conflict after all (a
+concurrent writer, a repeated record in the chunk), the database refuses the direct
+insert, the caller's transaction rolls back, and `store_batch` runs again through the
+staging table, whose ON CONFLICT sorts it out (`DirectInsertRefused`).
+
 Names in the SQL come from the schema (`pipeline.store.schema`) and the fixed staging
 table names below, never from the data; every value is a parameter or COPY data.
 
@@ -20,6 +27,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from itertools import repeat
 from typing import Any
 
 import numpy as np
@@ -35,6 +43,15 @@ BATCH_CHANNEL = "batch"
 # The key of `ux_scores_batch_record` beside its predicate channel = 'batch'.
 BATCH_KEY = ("environment", "model_name", "model_version")
 
+
+class DirectInsertRefused(CrispError):
+    """The direct insert of a chunk met a row already stored: retry it through staging.
+
+    Raised inside the caller's transaction, which must roll back (the database has
+    refused the statement) before the chunk is written again with `direct=False`.
+    """
+
+
 # How each kind of column is staged and cast on PostgreSQL: (staging type, target cast).
 _PG_KIND = {
     "text": ("text", "text"),
@@ -42,6 +59,16 @@ _PG_KIND = {
     "float": ("float8", "double precision"),
     "bool": ("bool", "boolean"),
     "time": ("text", "timestamptz"),
+}
+
+
+# The binary COPY type of each kind, as the columns of `scores` and `labels` declare them.
+_PG_COPY_TYPE = {
+    "text": "text",
+    "int": "int4",
+    "float": "float8",
+    "bool": "bool",
+    "time": "timestamptz",
 }
 
 
@@ -170,6 +197,10 @@ class _Dialect:
     def drop(self, table: str) -> None:
         raise NotImplementedError
 
+    def insert_rows(self, table: str, kinds: Mapping[str, str], rows: Iterator[tuple]) -> None:
+        """Rows with a value for every column of `kinds`, straight into `table`."""
+        raise NotImplementedError
+
 
 class _SQLite(_Dialect):
     name = "sqlite"
@@ -209,6 +240,17 @@ class _SQLite(_Dialect):
     def drop(self, table: str) -> None:
         # The table stays for the connection's next chunk; its rows go with this one.
         self.raw.execute(f"DELETE FROM temp.{table}")
+
+    def insert_rows(self, table: str, kinds: Mapping[str, str], rows: Iterator[tuple]) -> None:
+        cursor = self.raw.cursor()
+        try:
+            cursor.executemany(
+                f"INSERT INTO {table} ({', '.join(kinds)}) "
+                f"VALUES ({', '.join('?' for _ in kinds)})",
+                rows,
+            )
+        finally:
+            cursor.close()
 
 
 class _PostgreSQL(_Dialect):
@@ -255,6 +297,16 @@ class _PostgreSQL(_Dialect):
         with self.raw.cursor() as cursor:
             cursor.execute(f"DROP TABLE pg_temp.{table}")
 
+    def insert_rows(self, table: str, kinds: Mapping[str, str], rows: Iterator[tuple]) -> None:
+        # Binary COPY wants each value in its column's own type: integer columns are
+        # int4 here, and times go as aware datetimes (see `_direct_rows`).
+        types = [_PG_COPY_TYPE[kind] for kind in kinds.values()]
+        statement = f"COPY {table} ({', '.join(kinds)}) FROM STDIN (FORMAT BINARY)"
+        with self.raw.cursor() as cursor, cursor.copy(statement) as copy:
+            copy.set_types(types)
+            for row in rows:
+                copy.write_row(row)
+
 
 def dialect_of(connection: sa.Connection) -> _Dialect:
     name = connection.dialect.name
@@ -288,6 +340,8 @@ def store_batch(
     connection: sa.Connection,
     per_row: Mapping[str, list[Any]],
     constants: Mapping[str, Any],
+    *,
+    direct: bool = False,
 ) -> tuple[int, list[str]]:
     """Store batch scores once each on `connection`; rows added and the stored ids.
 
@@ -300,6 +354,10 @@ def store_batch(
     this model version already scored here answers with the stored id. A row neither
     stored nor found (its score id taken by another record) raises, and the caller's
     transaction stores nothing.
+
+    `direct=True` first tries the chunk as plain inserts, skipping the staging table,
+    when its first record is not stored yet. A conflict then raises
+    `DirectInsertRefused`: roll the transaction back and call again without `direct`.
     """
     if set(per_row) & set(constants) or set(per_row) | set(constants) != set(SCORE_KINDS):
         raise CrispError(
@@ -314,8 +372,65 @@ def store_batch(
     count = len(ids)
     if count == 0:
         return 0, []
+    db = dialect_of(connection)
+    if direct and _none_stored(db, per_row, constants):
+        try:
+            with translated(connection, "bulk insert of batch scores"):
+                db.insert_rows("scores", SCORE_KINDS, _direct_rows(db, per_row, constants))
+        except sa.exc.IntegrityError as error:
+            raise DirectInsertRefused(f"score store: direct insert refused: {error.orig}") from None
+        return count, ids
     with translated(connection, "bulk insert of batch scores"):
-        return _store_batch(dialect_of(connection), per_row, constants, ids)
+        return _store_batch(db, per_row, constants, ids)
+
+
+def _none_stored(
+    db: _Dialect, per_row: Mapping[str, list[Any]], constants: Mapping[str, Any]
+) -> bool:
+    """Whether the chunk's first record is not stored yet for its model version.
+
+    A re-run (or a run resumed after a crash) meets whole chunks that were stored, so
+    their first record says which way to go, in one index lookup; a chunk that is new
+    except for some rows (a concurrent writer) is caught by the database instead.
+    """
+    key = {
+        c: per_row[c][0] if c in per_row else constants.get(c) for c in (*BATCH_KEY, "record_id")
+    }
+    if any(v is None for v in key.values()):
+        return False  # the staging path reports what is missing
+    params = {c: constant_value(v, SCORE_KINDS[c]) for c, v in key.items()}
+    match = " AND ".join(f"{c} = {db.param(c, SCORE_KINDS[c])}" for c in key)
+    found = db.query(
+        f"SELECT 1 FROM scores WHERE channel = '{BATCH_CHANNEL}' AND {match} LIMIT 1", params
+    )
+    return not found
+
+
+def _direct_rows(
+    db: _Dialect, per_row: Mapping[str, list[Any]], constants: Mapping[str, Any]
+) -> Iterator[tuple]:
+    """One tuple per row, every column of `scores` in its order, constants repeated."""
+    columns = []
+    for name, kind in SCORE_KINDS.items():
+        if name in per_row:
+            values = per_row[name]
+            if kind == "time" and db.name == "postgresql":
+                values = [None if v is None else _utc_datetime(v) for v in values]
+            columns.append(values)
+        else:
+            value = constants.get(name)
+            if kind == "time" and db.name == "postgresql":
+                value = None if value is None else _utc_datetime(constant_value(value, kind))
+            else:
+                value = constant_value(value, kind)
+            columns.append(repeat(value))
+    # score_id and record_id are always per row, so zip ends with the chunk.
+    return zip(*columns, strict=False)
+
+
+def _utc_datetime(text: str) -> datetime:
+    """The store's UTC text back as an aware datetime, for PostgreSQL's binary COPY."""
+    return datetime.fromisoformat(text).replace(tzinfo=UTC)
 
 
 def _store_batch(

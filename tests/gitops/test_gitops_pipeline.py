@@ -16,8 +16,11 @@ is a paired bootstrap, and the gate rows hold enough positives for it to mean so
    rollback job moves @dev back to the version that served before;
 5. the schedule runs continuous training in dev, on dev's store.
 
-The jobs share one MLflow (a SQLite file) and one DVC remote folder per environment, as
-they would share a server and buckets. Tests run in file order and build on each other.
+The jobs run against the team stack (`crispml stack up`, pipeline/stack.py), started for
+the module: they register into one MLflow server on PostgreSQL with its artifacts in an
+S3 bucket, push to and pull from each environment's DVC remote in S3 (moto's server),
+and write each environment's scores into its own PostgreSQL database, as a team's CI
+does with its real services. Tests run in file order and build on each other.
 """
 
 from __future__ import annotations
@@ -25,9 +28,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sqlite3
 import subprocess
 import time
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -42,12 +46,22 @@ from ci_harness import (
     run_pipeline,
 )
 
+from pipeline.redaction import redact_url
+
+# The stack's PostgreSQL: the test server (CI has one at 127.0.0.1:5432).
+POSTGRES_URL = os.environ.get("CRISPML_TEST_DATABASE_URL") or None
+
 pytestmark = [
     pytest.mark.slow,
     requires_gitlab_ci_local,
     pytest.mark.skipif(
         shutil.which("crispml") is None or shutil.which("dvc") is None,
         reason="the shell jobs need `crispml` and `dvc` on PATH (activate the project's venv)",
+    ),
+    pytest.mark.skipif(
+        POSTGRES_URL is None,
+        reason="the team stack's MLflow server and score stores need PostgreSQL: set "
+        "CRISPML_TEST_DATABASE_URL (e.g. postgresql+psycopg://postgres@127.0.0.1:5432/test)",
     ),
 ]
 
@@ -61,19 +75,21 @@ HAS_KUBECTL = shutil.which("kubectl") is not None
 class World:
     """The repository, the shared services, and what earlier steps left for later ones."""
 
-    def __init__(self, base: Path) -> None:
+    def __init__(self, base: Path, team: dict[str, str]) -> None:
         self.base = base
         self.repo = base / "repo"
-        # MLflow, DVC remotes and the environments' stores outside every build folder.
+        # What `crispml ci local` keeps outside every build folder (its key, say); MLflow,
+        # the DVC remotes and the stores are the stack's.
         self.state = base / "state"
-        self.tracking_uri = f"sqlite:///{base / 'mlflow.db'}"
+        self.team = team
+        self.tracking_uri = team["MLFLOW_TRACKING_URI"]
+        # The team's CI/CD variables: the stack's MLflow, buckets, stores and S3 access.
+        # Never a CRISPML_STORE_URL: each environment's store has its own variable.
         self.variables = {
-            "MLFLOW_TRACKING_URI": self.tracking_uri,
-            "DVC_REMOTE_URL_DEV": str(base / "remotes" / "dev"),
-            "DVC_REMOTE_URL_QA": str(base / "remotes" / "qa"),
-            "DVC_REMOTE_URL_PROD": str(base / "remotes" / "prod"),
+            **{k: v for k, v in team.items() if k != "CRISPML_STORE_URL"},
             "CRISPML_PSEUDONYMISATION_KEY": "test-only-pseudonymisation-key-of-32+-bytes",
         }
+        assert self.variables["DVC_REMOTE_URL_DEV"].startswith("s3://")
         self.facts: dict[str, Any] = {}
         self.started = time.monotonic()
 
@@ -153,22 +169,22 @@ class World:
 
     # ---- stores
 
-    def store_file(self, env: str) -> Path:
-        return self.state / f"store-{env}.db"
-
     def store_url(self, env: str) -> str:
-        return f"sqlite:///{self.store_file(env)}"
+        """The environment's PostgreSQL store, as CI's CRISPML_STORE_URL_<ENV> names it."""
+        return self.team[f"CRISPML_STORE_URL_{env.upper()}"]
 
     def scores_in(self, env: str) -> int:
         """Rows in an environment's score store (0 when nothing ever wrote to it)."""
-        path = self.store_file(env)
-        if not path.is_file():
-            return 0
-        with sqlite3.connect(path) as db:
-            tables = {r[0] for r in db.execute("select name from sqlite_master")}
-            return (
-                db.execute("select count(*) from scores").fetchone()[0] if "scores" in tables else 0
-            )
+        import sqlalchemy
+
+        engine = sqlalchemy.create_engine(self.store_url(env))
+        try:
+            with engine.connect() as db:
+                if not sqlalchemy.inspect(db).has_table("scores"):
+                    return 0
+                return db.execute(sqlalchemy.text("select count(*) from scores")).scalar_one()
+        finally:
+            engine.dispose()
 
     # ---- registry
 
@@ -189,8 +205,6 @@ class World:
         from pipeline.store import ScoreStore
 
         env = alias.split("-")[0]
-        if not self.store_file(env).is_file():
-            return []
         store = ScoreStore(self.store_url(env))
         try:
             store.migrate()
@@ -231,11 +245,33 @@ def _explain(run: PipelineRun, *jobs: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> World:
+def team_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """`crispml stack up` for the module: S3 (moto), MLflow server, stores on PostgreSQL.
+
+    Its own folder (holding the project's DVC remotes) and its own databases, dropped at
+    the end, so that nothing is shared with another run on the same server.
+    """
+    from pipeline import stack
+
+    root = tmp_path_factory.mktemp("team")
+    (root / ".dvc").mkdir()
+    shutil.copy2(Path(__file__).resolve().parents[2] / ".dvc" / "config", root / ".dvc")
+    prefix = f"crispml_gitops_{uuid.uuid4().hex[:8]}"
+    state = stack.up(
+        root, postgres_url=POSTGRES_URL, db_prefix=prefix, configure_dvc=False, timeout=300
+    )
+    try:
+        yield stack.exports(state)
+    finally:
+        stack.down(root, purge=True)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory, team_stack: dict[str, str]) -> World:
     """A team repository on dev/qa/prod with a committed baseline, and empty services."""
     import mlflow
 
-    w = World(tmp_path_factory.mktemp("gitops"))
+    w = World(tmp_path_factory.mktemp("gitops"), team_stack)
     repo = copy_project(w.repo)
     # The shipped data and gates. Two score frames before the generator's synthetic drift
     # (it starts at frame 10), so that the verify gates of qa and prod judge models
@@ -245,9 +281,11 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> World:
     assert "score: [8, 9]" in params.read_text()
     git(repo, "init", "-q", "-b", "dev")
     (repo / ".git" / "info" / "exclude").write_text(".gitlab-ci-local/\n")
-    # The team's MLflow: artifacts in a shared folder, as a server would keep them.
+    # The team's MLflow server: the experiment keeps the server's artifact root (its S3
+    # bucket, through the server's artifact proxy).
     mlflow.set_tracking_uri(w.tracking_uri)
-    mlflow.create_experiment("crispml", artifact_location=(w.base / "mlartifacts").as_uri())
+    experiment = mlflow.get_experiment(mlflow.create_experiment("crispml"))
+    assert experiment.artifact_location.startswith("mlflow-artifacts:"), experiment
     w.commit_all("CrispML, shipped data and gates")
     # A developer's baseline: `dvc repro` up to the metrics, committed with dvc.lock,
     # so that merge requests have metrics on dev to diff against.
@@ -256,8 +294,10 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> World:
         ["dvc", "repro", "report"], cwd=repo, capture_output=True, text=True, env=env
     )
     assert done.returncode == 0, done.stdout + done.stderr
-    # ...and pushed to dev's remote with its run-cache, as a developer would, so that
-    # the first dev pipelines restore the data stages instead of recomputing them.
+    # ...and pushed to dev's remote (the stack's S3) with its run-cache, as a developer
+    # would, so that the first dev pipelines restore the data stages instead of
+    # recomputing them.
+    env.update({k: v for k, v in w.team.items() if k.startswith("AWS_")})
     for args in (
         ["dvc", "remote", "modify", "--local", "dev", "url", w.variables["DVC_REMOTE_URL_DEV"]],
         ["dvc", "push", "--run-cache", "--remote", "dev"],
@@ -529,10 +569,40 @@ def test_schedule_runs_continuous_training_on_the_environment_store(world: World
 
     assert run.status("continuous-training") == "pass", _explain(run, "continuous-training")
     log = run.log("continuous-training")
-    assert f"CRISPML_STORE_URL_DEV ({world.store_url('dev')})" in log
+    assert f"CRISPML_STORE_URL_DEV ({redact_url(world.store_url('dev'))})" in log
     assert "continuous training:" in log
     result = json.loads(
         artifact(world.repo, "continuous-training", "reports/continuous-training.json").read_text()
     )
     assert result["environment"] == "dev"
     print(f"module total {time.monotonic() - world.started:.0f} s")
+
+
+# --------------------------------------------------------------------------- 6. team services
+
+
+def test_results_live_in_the_team_services(world: World) -> None:
+    """The registry's models are in the MLflow bucket, and each environment branch pushed
+    its outputs and run-cache to its own prefix of the DVC bucket."""
+    import boto3
+
+    from pipeline import stack
+
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=world.team["AWS_ENDPOINT_URL_S3"],
+        aws_access_key_id=world.team["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=world.team["AWS_SECRET_ACCESS_KEY"],
+        region_name=world.team["AWS_DEFAULT_REGION"],
+    )
+
+    def keys(bucket: str, prefix: str = "") -> list[str]:
+        pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+        return [item["Key"] for page in pages for item in page.get("Contents", [])]
+
+    models = [key for key in keys(stack.MLFLOW_BUCKET) if key.endswith("/MLmodel")]
+    assert len(models) >= len(world.versions()), models
+    for env in ("dev", "qa", "prod"):
+        pushed = keys(stack.DVC_BUCKET, f"{env}/")
+        assert any(key.startswith(f"{env}/files/md5/") for key in pushed), (env, pushed[:5])
+        assert any(key.startswith(f"{env}/runs/") for key in pushed), (env, pushed[:5])
