@@ -23,14 +23,15 @@ from pipeline.errors import GateFailed
 from pipeline.evidence import FAILED, INSUFFICIENT, PASSED, Estimate, Evidence, estimate
 
 # Evidently's quality report over all frames is built on at most this many labelled
-# scores, a frame's on at most FRAME_QUALITY_MAX_ROWS, as a seeded uniform sample: its cost grows with rows (about 17 s for 1.4
-# million at 10x the default data), and verify has to stay near constant in time as
-# the data grows. On the default data every report is whole (each frame holds 8,500 to
-# 32,500 labelled scores, all six together 142,255), so the figures a reviewer reads
-# there are every row's; beyond this size `report_rows` says the report saw a sample.
-# The gate's PR-AUC and its interval, `pr_auc`, `rows` and `positives` always count
-# every labelled score. A single frame's report stops at a third of that: at 10x the
-# default data six frames of up to 325,000 rows would otherwise cost verify ten seconds.
+# scores, a frame's on at most FRAME_QUALITY_MAX_ROWS, as a seeded uniform sample: its
+# cost grows with rows (about 17 s for 1.4 million at 10x the default data), and verify
+# has to stay near constant in time as the data grows. On the default data every report
+# is whole (each frame holds 8,500 to 32,500 labelled scores, all six together 142,255),
+# so the figures a reviewer reads there are every row's; beyond either size
+# `report_rows` says the report saw a sample. The gate's PR-AUC and its interval,
+# `pr_auc`, `rows` and `positives` always count every labelled score. A frame's cap is a
+# third of the overall one: at 10x the default data, six frames of up to 325,000 rows
+# would otherwise cost verify ten seconds more.
 QUALITY_MAX_ROWS = 150_000
 FRAME_QUALITY_MAX_ROWS = 50_000
 
