@@ -15,7 +15,10 @@ each first into an empty store (`fresh`) and then again, with new random score i
 into the store that holds them (`rerun`: nothing is added; for labels every row is
 overwritten). The dict path's time includes building the dicts, as the stages did
 (`[{**lineage, **row, "scored_at": now} for row in scored.to_dict("records")]`):
-that is part of what it cost them. Each figure is the median of `--repeat` runs.
+that is part of what it cost them. The `writers` path (scores only) hands the chunks to
+`pipeline.store.writers.BatchWriters`, as the score stage does: one connection on
+SQLite, two writing at once on PostgreSQL, each chunk still its own transaction. Each
+figure is the median of `--repeat` runs.
 
     python bench/store_throughput.py
     python bench/store_throughput.py --postgres postgresql+psycopg://postgres@127.0.0.1/test
@@ -48,6 +51,7 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.store import ScoreStore, new_batch_score_ids, utcnow
+from pipeline.store.writers import BatchWriters
 
 LINEAGE = {
     "frame": 7,
@@ -113,6 +117,13 @@ def write_labels(store: ScoreStore, path: str, labels: pd.DataFrame) -> int:
     )
 
 
+def write_scores_in_background(store: ScoreStore, chunks: list[pd.DataFrame]) -> int:
+    """As the score stage stores a frame: chunks handed to `BatchWriters`, then awaited."""
+    with BatchWriters(store) as writers:
+        futures = [writers.submit(chunk, LINEAGE, utcnow()) for chunk in chunks]
+        return sum(future.result()[0] for future in futures)
+
+
 def timed(
     store: ScoreStore, write: Callable[[ScoreStore, pd.DataFrame], int], chunks: list
 ) -> dict[str, float]:
@@ -131,7 +142,12 @@ def run_workload(
     with open_store() as store:
         out = {}
         for attempt, label in enumerate(("fresh", "rerun")):
-            if kind == "scores":
+            if kind == "scores" and path == "writers":
+                chunks = [scored_frame(s, n) for s, n in spans]
+                out[label] = timed(store, write_scores_in_background, [chunks])
+                out[label]["rows"] = total
+                out[label]["rows_per_s"] = total / out[label]["seconds"]
+            elif kind == "scores":
                 chunks = [scored_frame(s, n) for s, n in spans]
                 out[label] = timed(store, lambda st, c: write_scores(st, path, c), chunks)
             else:
@@ -193,7 +209,11 @@ def main() -> None:
     parser.add_argument("--total", type=int, default=284_807, help="rows of the full run")
     parser.add_argument("--chunk-rows", type=int, default=50_000)
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--paths", default="frame,dict", help="frame, dict or both")
+    parser.add_argument(
+        "--paths",
+        default="frame,dict,writers",
+        help="frame, dict, writers (scores only, as the score stage stores), comma-separated",
+    )
     parser.add_argument("--kinds", default="scores,labels", help="scores, labels or both")
     parser.add_argument("--workloads", default="one_chunk,full", help="one_chunk, full or both")
     parser.add_argument("--dialects", default="sqlite,postgresql")
@@ -228,6 +248,8 @@ def main() -> None:
             for kind in args.kinds.split(","):
                 for workload, (total, chunk_rows) in workloads.items():
                     for path in paths:
+                        if path == "writers" and kind != "scores":
+                            continue
                         runs = []
                         for attempt in range(args.repeat):
                             runs.append(run_workload(opener, kind, path, total, chunk_rows))

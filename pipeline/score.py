@@ -15,8 +15,11 @@ same rows, lineage and receipts; this module only hands over to it.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Future
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -113,17 +116,25 @@ def run_frames(settings, frames: Sequence[int]) -> list[dict]:
         return score_spark.run_frames(settings, frames)
     from pipeline.layout import Layout
     from pipeline.registered import Registered
+    from pipeline.store.writers import BatchWriters
 
     layout = Layout(settings.root)
     registered = Registered.load(layout.registered)
     serving = serving_model(registered)
     model, model_from = load_serving_model(settings, registered, serving)
     lineage = batch_lineage(settings, registered, serving)
-    with opened_store(settings) as store:
+    with opened_store(settings) as store, BatchWriters(store) as writers:
+        # A frame's receipt is written once its every chunk is stored; meanwhile the
+        # next frame is scored, so the database and the model work side by side.
+        pending: deque[ScoredFrame] = deque()
         summaries = []
         for frame in frames:
-            lineage["frame"] = frame
-            summaries.append(_score_frame(settings, layout, model, model_from, store, lineage))
+            frame_lineage = {**lineage, "frame": frame}
+            pending.append(_score_frame(settings, layout, model, writers, frame_lineage))
+            while pending and pending[0].stored():
+                summaries.append(pending.popleft().write_outputs(layout, model_from))
+        while pending:
+            summaries.append(pending.popleft().write_outputs(layout, model_from))
         return summaries
 
 
@@ -159,9 +170,33 @@ def opened_store(settings) -> Iterator[Any]:
         store.dispose()
 
 
-def _score_frame(
-    settings, layout, model: Any, model_from: str, store, lineage: dict[str, Any]
-) -> dict:
+@dataclass
+class ScoredFrame:
+    """A frame whose chunks are scored and handed to the store, not all stored yet."""
+
+    lineage: dict[str, Any]
+    empty: pd.DataFrame
+    parts: list[tuple[pd.DataFrame, Future]] = field(default_factory=list)
+
+    def stored(self) -> bool:
+        return all(future.done() for _, future in self.parts)
+
+    def write_outputs(self, layout, model_from: str) -> dict:
+        """Wait for the frame's chunks, then write its receipt and summary.
+
+        A record this version scored before keeps its stored score: the receipt names
+        the ids in the store, not the fresh ones a re-run drew.
+        """
+        receipts, inserted = [], 0
+        for scored, future in self.parts:
+            added, scored["score_id"] = future.result()
+            inserted += added
+            receipts.append(scored)
+        receipt = pd.concat(receipts, ignore_index=True) if receipts else self.empty
+        return write_frame_outputs(layout, receipt, inserted, self.lineage, model_from)
+
+
+def _score_frame(settings, layout, model: Any, writers, lineage: dict[str, Any]) -> ScoredFrame:
     from tqdm import tqdm
 
     from pipeline.store import new_batch_score_ids, utcnow
@@ -169,24 +204,17 @@ def _score_frame(
     frame = lineage["frame"]
     data = pd.read_parquet(layout.frame_file(layout.prepared, frame))
     inputs, id_column = settings.model_inputs, settings.contract.id_column
-    receipts, inserted = [], 0
+    pending = ScoredFrame(lineage, empty=score_rows(None, data.iloc[:0], [], "", 0))
     progress = tqdm(total=len(data), desc=f"score frame {frame}", unit="rows", disable=None)
     try:
         for part in chunks(data, settings.score.chunk_rows):
             scored = score_rows(model, part, inputs, id_column, lineage["threshold"])
             scored["score_id"] = new_batch_score_ids(len(scored))
-            # A record this version scored before keeps its stored score: the receipt
-            # names the ids in the store, not the fresh ones a re-run drew.
-            added, scored["score_id"] = store.store_batch_frame(scored, lineage, utcnow())
-            inserted += added
-            receipts.append(scored)
+            pending.parts.append((scored, writers.submit(scored.copy(), lineage, utcnow())))
             progress.update(len(part))
     finally:
         progress.close()
-    receipt = (
-        pd.concat(receipts, ignore_index=True) if receipts else score_rows(None, data, [], "", 0)
-    )
-    return write_frame_outputs(layout, receipt, inserted, lineage, model_from)
+    return pending
 
 
 def write_frame_outputs(

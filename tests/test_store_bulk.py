@@ -21,6 +21,7 @@ import sqlalchemy as sa
 from pipeline.errors import CrispError
 from pipeline.store import ScoreStore, _insert, bulk, new_batch_score_ids, new_score_id, utcnow
 from pipeline.store.schema import labels
+from pipeline.store.writers import BatchWriters
 from tests.conftest import postgres_url
 from tests.test_store import _stores
 
@@ -275,6 +276,10 @@ def chunk_that_fails(dialect: str) -> list[tuple[str, pd.DataFrame]]:
         long = scored([f"l{i}" for i in range(500)])
         long.loc[250, "record_id"] = "x" * 129
         cases.append(("record_id too long", long, sa.exc.DataError))
+    else:  # SQLite binds a NaN as NULL, which NOT NULL refuses; PostgreSQL stores NaN
+        not_a_number = scored([f"f{i}" for i in range(500)])
+        not_a_number.loc[250, "score"] = float("nan")
+        cases.append(("NaN score", not_a_number, sa.exc.IntegrityError))
     return cases
 
 
@@ -288,6 +293,43 @@ def test_a_chunk_that_fails_half_way_leaves_the_table_as_it_was(store) -> None:
         assert table(store, "scores") == before, what
     # The connection and its staging table serve the next chunk.
     assert store.store_batch_frame(scored(["ok"]), LINEAGE, AT)[0] == 1
+
+
+def test_chunks_stored_in_the_background_are_stored_as_one_by_one(open_store) -> None:
+    """BatchWriters (the score stage's way) stores what one call per chunk stores."""
+    one_by_one, background = open_store(), open_store()
+    chunks = [scored([f"tx-{c}-{i}" for i in range(300)], seed=c) for c in range(6)]
+    expected = [one_by_one.store_batch_frame(chunk, LINEAGE, AT) for chunk in chunks]
+    with BatchWriters(background) as writers:
+        assert writers.writers == {"sqlite": 1, "postgresql": 2}[background.dialect]
+        futures = [writers.submit(chunk, LINEAGE, AT) for chunk in chunks]
+    assert [future.result() for future in futures] == expected
+    assert_same_tables(one_by_one, background, "scores")
+    # A re-run adds nothing and answers the stored ids, whichever chunk lands first.
+    again = [scored(list(chunk.record_id), seed=9) for chunk in chunks]
+    with BatchWriters(background) as writers:
+        futures = [writers.submit(chunk, LINEAGE, AT) for chunk in again]
+    assert [future.result() for future in futures] == [
+        (0, list(chunk.score_id)) for chunk in chunks
+    ]
+    assert background.count_scores() == 6 * 300
+
+
+def test_a_chunk_that_fails_in_the_background_fails_alone(store) -> None:
+    """Each chunk is its own transaction: the bad one stores nothing, the others stay."""
+    good = [scored([f"g{c}-{i}" for i in range(50)], seed=c) for c in range(3)]
+    (_, bad, error), *_ = chunk_that_fails(store.dialect)
+    with BatchWriters(store, writers=2) as writers:
+        futures = [writers.submit(chunk, LINEAGE, AT) for chunk in (good[0], bad, good[1])]
+    with pytest.raises(error):
+        futures[1].result()
+    assert futures[0].result()[0] == futures[2].result()[0] == 50
+    assert store.count_scores() == 100
+    # Leaving by an error drops what has not started; what was handed over is awaited.
+    with pytest.raises(RuntimeError), BatchWriters(store, writers=1) as writers:
+        last = writers.submit(good[2], LINEAGE, AT)
+        raise RuntimeError("the stage failed while scoring")
+    assert last.cancelled() or last.result()[0] == 50
 
 
 def test_the_frame_path_refuses_what_it_cannot_store(store) -> None:

@@ -8,11 +8,11 @@ as parameters, and one `INSERT ... SELECT` moves the chunk into its table. Every
 happens on the caller's connection, so it is one transaction with the rest of the chunk.
 
 A chunk none of whose records is stored yet (every first run) skips the staging table:
-its rows go straight into `scores`, by COPY on PostgreSQL and a plain executemany on
-SQLite, with no conflict handling to pay for. Should a row conflict after all (a
-concurrent writer, a repeated record in the chunk), the database refuses the direct
-insert, the caller's transaction rolls back, and `store_batch` runs again through the
-staging table, whose ON CONFLICT sorts it out (`DirectInsertRefused`).
+its rows go straight into `scores`, by COPY on PostgreSQL and one INSERT ... SELECT over
+a JSON array of the rows on SQLite, with no conflict handling to pay for. Should a row
+conflict after all (a concurrent writer, a repeated record in the chunk), the database
+refuses the direct insert, the caller's transaction rolls back, and `store_batch` runs
+again through the staging table, whose ON CONFLICT sorts it out (`DirectInsertRefused`).
 
 Names in the SQL come from the schema (`pipeline.store.schema`) and the fixed staging
 table names below, never from the data; every value is a parameter or COPY data.
@@ -24,6 +24,7 @@ both paths store the same instant to the microsecond.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -197,8 +198,15 @@ class _Dialect:
     def drop(self, table: str) -> None:
         raise NotImplementedError
 
-    def insert_rows(self, table: str, kinds: Mapping[str, str], rows: Iterator[tuple]) -> None:
-        """Rows with a value for every column of `kinds`, straight into `table`."""
+    def insert_direct(
+        self,
+        table: str,
+        kinds: Mapping[str, str],
+        per_row: Mapping[str, list[Any]],
+        constants: Mapping[str, Any],
+    ) -> None:
+        """A chunk straight into `table`, in input order: every column of `kinds` is
+        either a list in `per_row` or one value in `constants`."""
         raise NotImplementedError
 
 
@@ -241,13 +249,36 @@ class _SQLite(_Dialect):
         # The table stays for the connection's next chunk; its rows go with this one.
         self.raw.execute(f"DELETE FROM temp.{table}")
 
-    def insert_rows(self, table: str, kinds: Mapping[str, str], rows: Iterator[tuple]) -> None:
+    def insert_direct(
+        self,
+        table: str,
+        kinds: Mapping[str, str],
+        per_row: Mapping[str, list[Any]],
+        constants: Mapping[str, Any],
+    ) -> None:
+        # One statement for the whole chunk: the per-row columns travel as one JSON
+        # array of rows that SQLite's json_each walks in C, the constants as plain
+        # parameters. An executemany binds all sixteen columns again for every row,
+        # which cost about a third of the insert (bench/store_throughput.py).
+        # json_extract gives back text, integer and real as they went in (a float's
+        # shortest repr parses back to the same double) and JSON null as NULL.
+        position = {name: index for index, name in enumerate(per_row)}
+        values = ", ".join(
+            f"json_extract(j.value, '$[{position[name]}]')" if name in per_row else f":{name}"
+            for name in kinds
+        )
+        params = {
+            name: constant_value(constants.get(name), kind)
+            for name, kind in kinds.items()
+            if name not in per_row
+        }
+        params["rows"] = _json_rows(per_row, kinds)
         cursor = self.raw.cursor()
         try:
-            cursor.executemany(
+            cursor.execute(
                 f"INSERT INTO {table} ({', '.join(kinds)}) "
-                f"VALUES ({', '.join('?' for _ in kinds)})",
-                rows,
+                f"SELECT {values} FROM json_each(:rows) AS j ORDER BY j.key",
+                params,
             )
         finally:
             cursor.close()
@@ -297,10 +328,17 @@ class _PostgreSQL(_Dialect):
         with self.raw.cursor() as cursor:
             cursor.execute(f"DROP TABLE pg_temp.{table}")
 
-    def insert_rows(self, table: str, kinds: Mapping[str, str], rows: Iterator[tuple]) -> None:
+    def insert_direct(
+        self,
+        table: str,
+        kinds: Mapping[str, str],
+        per_row: Mapping[str, list[Any]],
+        constants: Mapping[str, Any],
+    ) -> None:
         # Binary COPY wants each value in its column's own type: integer columns are
-        # int4 here, and times go as aware datetimes (see `_direct_rows`).
+        # int4 here, and times go as aware datetimes (see `_copy_rows`).
         types = [_PG_COPY_TYPE[kind] for kind in kinds.values()]
+        rows = _copy_rows(kinds, per_row, constants)
         statement = f"COPY {table} ({', '.join(kinds)}) FROM STDIN (FORMAT BINARY)"
         with self.raw.cursor() as cursor, cursor.copy(statement) as copy:
             copy.set_types(types)
@@ -376,7 +414,7 @@ def store_batch(
     if direct and _none_stored(db, per_row, constants):
         try:
             with translated(connection, "bulk insert of batch scores"):
-                db.insert_rows("scores", SCORE_KINDS, _direct_rows(db, per_row, constants))
+                db.insert_direct("scores", SCORE_KINDS, per_row, constants)
         except sa.exc.IntegrityError as error:
             raise DirectInsertRefused(f"score store: direct insert refused: {error.orig}") from None
         return count, ids
@@ -406,26 +444,38 @@ def _none_stored(
     return not found
 
 
-def _direct_rows(
-    db: _Dialect, per_row: Mapping[str, list[Any]], constants: Mapping[str, Any]
+def _copy_rows(
+    kinds: Mapping[str, str], per_row: Mapping[str, list[Any]], constants: Mapping[str, Any]
 ) -> Iterator[tuple]:
-    """One tuple per row, every column of `scores` in its order, constants repeated."""
+    """One tuple per row for binary COPY, every column of `kinds` in its order,
+    constants repeated and times as aware datetimes."""
     columns = []
-    for name, kind in SCORE_KINDS.items():
+    for name, kind in kinds.items():
         if name in per_row:
             values = per_row[name]
-            if kind == "time" and db.name == "postgresql":
+            if kind == "time":
                 values = [None if v is None else _utc_datetime(v) for v in values]
             columns.append(values)
         else:
-            value = constants.get(name)
-            if kind == "time" and db.name == "postgresql":
-                value = None if value is None else _utc_datetime(constant_value(value, kind))
-            else:
-                value = constant_value(value, kind)
+            value = constant_value(constants.get(name), kind)
+            if kind == "time" and value is not None:
+                value = _utc_datetime(value)
             columns.append(repeat(value))
     # score_id and record_id are always per row, so zip ends with the chunk.
     return zip(*columns, strict=False)
+
+
+def _json_rows(per_row: Mapping[str, list[Any]], kinds: Mapping[str, str]) -> str:
+    """The per-row columns as one JSON array of rows, for SQLite's json_each.
+
+    A float NaN becomes null, so that NOT NULL refuses it as it refuses a bound NaN
+    (SQLite binds NaN as NULL); JSON itself has no NaN.
+    """
+    columns = [
+        [None if v != v else v for v in values] if kinds[name] == "float" else values
+        for name, values in per_row.items()
+    ]
+    return json.dumps(list(zip(*columns, strict=True)), allow_nan=False)
 
 
 def _utc_datetime(text: str) -> datetime:
