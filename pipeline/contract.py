@@ -209,9 +209,18 @@ def derive_record_ids(frame: pd.DataFrame, columns: list[str]) -> pd.Series:
     """
     content = pd.util.hash_pandas_object(frame[columns], index=False).to_numpy()
     occurrence = pd.Series(content).groupby(content, sort=False).cumcount().to_numpy()
+    return record_ids(content, occurrence, frame.index)
+
+
+def record_ids(content: np.ndarray, occurrence: np.ndarray, index: pd.Index) -> pd.Series:
+    """The id text of each row from its content hash and its place among equal rows.
+
+    Ingest numbers equal rows across the chunks of a source (`ingest._Occurrences`), so
+    one format serves both: the same file gives the same ids however it was read.
+    """
     return pd.Series(
         [f"r{h:016x}-{n}" for h, n in zip(content.tolist(), occurrence.tolist(), strict=True)],
-        index=frame.index,
+        index=index,
         dtype=object,
     )
 

@@ -10,11 +10,11 @@ The first half of the environment's privacy filter (`pipeline.privacy.minimise`)
 here, before the first write: `data/ingested/`, and with it the DVC cache and remote,
 never holds a direct identifier or, where the environment keys them, a raw id.
 
-`run` reads the source in chunks (`ingest_in_chunks`): every rule that judges a row
-alone runs chunk by chunk, the validated chunks wait on disk, and what needs the
-whole table (frames, the sample, repeated rows, the two classes) is decided from a few
-narrow columns of all rows. At 10x the default data the whole-table path held 3.5 GB.
-`ingest` is that whole-table path, the reference the chunked one is tested against.
+The source is read in chunks (`ingest_in_chunks`): every rule that judges a row alone
+runs chunk by chunk, the validated chunks wait on disk, and what needs the whole table
+(frames, the sample, repeated rows, the two classes) is decided from a few narrow
+columns of all rows. At 10x the default data, holding the whole table took 3.5 GB.
+`ingest` is the same work on a table already in memory, as one chunk.
 """
 
 from __future__ import annotations
@@ -32,11 +32,10 @@ from pipeline.contract import (
     Locate,
     _plain,
     check_two_classes,
-    derive_record_ids,
     positive_value,
+    record_ids,
     row_locator,
     target_values,
-    validate,
     validate_rows,
 )
 from pipeline.errors import ConfigError, DataError
@@ -125,24 +124,6 @@ def stratified_sample(
     return pd.concat(parts).sort_index()
 
 
-def add_record_ids(data: pd.DataFrame, contract: Contract) -> pd.DataFrame:
-    """Fill the id column from content when the source has none (see derive_record_ids).
-
-    Identifiers are left out of the hashed content: the hash has a public key, so with
-    the rest of a prepared row in hand, trying candidate names (or exact ages and full
-    postcodes) until the id matches would recover what the privacy filter removed.
-    """
-    id_column = contract.id_column
-    if id_column in data.columns:
-        return data
-    identifying = {
-        *contract.names(Role.DIRECT_IDENTIFIER),
-        *contract.names(Role.QUASI_IDENTIFIER),
-    }
-    content = [c for c in data.columns if c not in (contract.target, FRAME, *identifying)]
-    return data.assign(**{id_column: derive_record_ids(data, content)})
-
-
 def repeated_rows(data: pd.DataFrame, contract: Contract) -> pd.Series:
     """True for each row whose content an earlier row has, in the order prepare reads frames.
 
@@ -161,43 +142,12 @@ def ingest(
     locate: Locate | None = None,
     key: bytes | None = None,
 ) -> tuple[dict[int, pd.DataFrame], dict]:
-    """Validate, add ids, frame, sample and minimise. Returns one DataFrame per frame and a
-    summary; `key` is the pseudonymisation key when the environment keys ids."""
-    contract = settings.contract
-    if REPEATED in contract.by_name:
-        raise ConfigError(f"contract column name {REPEATED!r} is reserved for ingest")
-    data = validate(raw, contract, locate)
-    derived = contract.id_column not in data.columns
-    data = add_record_ids(data, contract)
-    data[FRAME] = assign_frames(data, contract.time_column, settings.frames)
-    env_data = settings.environment.data
-    data = stratified_sample(
-        data,
-        [FRAME, contract.target],
-        env_data.sample_fraction,
-        env_data.sample_seed,
-        contract.target,
-    ).reset_index(drop=True)
-    data[REPEATED] = repeated_rows(data, contract)
-    data, privacy = minimise(data, contract, settings.environment.privacy, key)
-    frames = {
-        n: data[data[FRAME] == n].reset_index(drop=True)
-        for n in range(1, settings.frames.count + 1)
-    }
-    summary = {
-        "source_rows": len(raw),
-        "rows": len(data),
-        "sample_fraction": env_data.sample_fraction,
-        "positives": int(data[contract.target].sum()),
-        "positive_class": contract.target_spec.positive_class,
-        "ids": "derived from content" if derived else f"column {contract.id_column}",
-        "frames_by": "row order" if contract.time_column is None else settings.frames.by,
-        "frames": {
-            str(n): {"rows": len(f), "positives": int(f[contract.target].sum())}
-            for n, f in frames.items()
-        },
-        "privacy": privacy,
-    }
+    """`ingest_in_chunks` on a table already in memory, read as one chunk: one DataFrame
+    per frame and the summary. For callers that hold the table (tests, a notebook); the
+    stage reads its source in chunks. `key` is the pseudonymisation key when the
+    environment keys ids."""
+    frames: dict[int, pd.DataFrame] = {}
+    summary = ingest_in_chunks([raw], settings, frames.__setitem__, locate, key)
     return frames, summary
 
 
@@ -243,11 +193,7 @@ class _Occurrences:
         totals = np.concatenate([self.counts, counts])
         self.hashes, position = np.unique(merged, return_inverse=True)
         self.counts = np.bincount(position.ravel(), weights=totals).astype("int64")
-        return pd.Series(
-            [f"r{h:016x}-{n}" for h, n in zip(content.tolist(), occurrence.tolist(), strict=True)],
-            index=data.index,
-            dtype=object,
-        )
+        return record_ids(content, occurrence, data.index)
 
 
 class _TargetClasses:

@@ -9,8 +9,8 @@ the quasi-identifiers once cleaning has settled which rows stay.
 ingest and the missing-value policy needs at most a median per column, so only the
 columns whose rules span the whole data (the id, unique columns and the
 quasi-identifiers) are gathered for all frames. At 10x the default data, holding
-every frame at once took 3.3 GB. `prepare` is the whole-table path, the reference the
-frame-by-frame one is tested against.
+every frame at once took 3.3 GB. `prepare` is the same work on frames already in
+memory.
 """
 
 from __future__ import annotations
@@ -96,41 +96,33 @@ def prepare(
     minimised: dict | None = None,
     needed: Collection[str] = (),
 ) -> tuple[pd.DataFrame, dict]:
-    """Clean and filter the concatenated frames; returns the data and the privacy report.
+    """`prepare_by_frame` on ingested frames already concatenated in memory (tests, a
+    notebook); returns the prepared rows in frame order and the privacy report.
 
     `minimised` is what ingest's half of the filter did (its privacy record); `needed`
     names the columns later stages read: quasi-identifiers outside it are dropped by
-    the privacy filter (see `needed_columns`).
+    the privacy filter (see `needed_columns`). Rows without ingest's repeat marks get
+    them here, from the whole table.
     """
-    minimised = minimised or {}
-    check_minimised(frame, contract, privacy, minimised)
-    rows_in = len(frame)
-    # Ingest marked the repeats while it still saw the direct identifiers.
-    repeated = frame[REPEATED] if REPEATED in frame.columns else repeated_rows(frame, contract)
-    frame = frame.drop(columns=[REPEATED], errors="ignore")
-    duplicates = 0
-    if options.drop_duplicates:
-        # A duplicate is the same content twice. The id is left out (a derived id
-        # already tells identical rows apart, and a re-sent row gets a new source id),
-        # and so is the frame, which is a function of the row's place, not its content.
-        frame = frame[~repeated.to_numpy(dtype=bool)].reset_index(drop=True)
-        duplicates = rows_in - len(frame)
-    frame, missing = handle_missing(frame, contract, options.missing)
-    check_complete(frame, contract)
-    filtered, report = protect_quasi_identifiers(frame, contract, privacy, needed)
-    report = {
-        "dropped_columns": list(minimised.get("dropped_columns", [])),
-        "pseudonymised_columns": list(minimised.get("pseudonymised_columns", [])),
-        **report,
-    }
-    report["cleaning"] = {
-        "rows_in": rows_in,
-        "duplicates_dropped": duplicates,
-        "rows_with_missing_handled": missing,
-        "missing_policy": options.missing,
-        "rows_out": len(filtered),
-    }
-    return filtered, report
+    if REPEATED not in frame.columns:
+        frame = frame.assign(**{REPEATED: repeated_rows(frame, contract)})
+    if FRAME in frame.columns and len(frame):
+        parts = [part.reset_index(drop=True) for _, part in frame.groupby(FRAME, sort=True)]
+    else:
+        parts = [frame.reset_index(drop=True)]
+    prepared: dict[int, pd.DataFrame] = {}
+    report = prepare_by_frame(
+        lambda number, _columns=None: parts[number - 1],
+        len(parts),
+        prepared.__setitem__,
+        contract,
+        options,
+        privacy,
+        minimised,
+        needed,
+    )
+    out = pd.concat([prepared[i] for i in sorted(prepared)], ignore_index=True)
+    return out, report
 
 
 def needed_columns(settings: Settings) -> set[str]:
@@ -143,10 +135,6 @@ def needed_columns(settings: Settings) -> set[str]:
     report slice names it.
     """
     return {*settings.model_inputs, *(item.column for item in settings.report.slices)}
-
-
-def split_frames(frame: pd.DataFrame, count: int) -> dict[int, pd.DataFrame]:
-    return {n: frame[frame[FRAME] == n].reset_index(drop=True) for n in range(1, count + 1)}
 
 
 def _cleaned(frame: pd.DataFrame, options: Prepare) -> tuple[pd.DataFrame, int]:
@@ -203,8 +191,8 @@ def prepare_by_frame(
     needed: Collection[str] = (),
 ) -> dict:
     """`prepare` on ingested frames read one at a time: `read(n, columns)` gives frame n,
-    `write(n, frame)` gets prepared frame n as `prepare` and `split_frames` would give it.
-    Returns `prepare`'s report.
+    `write(n, frame)` gets prepared frame n. Returns the privacy report, cleaning
+    included.
 
     Each frame is cleaned twice (repeats, then the missing-value policy, both row by
     row) instead of being held: once to gather the id, unique columns and
@@ -289,17 +277,13 @@ def run(settings: Settings) -> dict:
         def write(number: int, part: pd.DataFrame) -> None:
             part.to_parquet(layout.frame_file(tmp, number), index=False)
 
-        if REPEATED in pq.read_schema(layout.frame_file(layout.ingested, 1)).names:
-            report = prepare_by_frame(
-                read, count, write, settings.contract, settings.prepare, privacy, minimised, needed
+        if REPEATED not in pq.read_schema(layout.frame_file(layout.ingested, 1)).names:
+            raise ConfigError(
+                f"data/ingested lacks the {REPEATED} column that ingest writes since it "
+                "marks repeated rows: run `dvc repro ingest` (or `crispml ingest`) again"
             )
-        else:
-            # Ingested before ingest marked repeats: deciding them needs every frame at once.
-            data = pd.concat([read(n) for n in range(1, count + 1)], ignore_index=True)
-            prepared, report = prepare(
-                data, settings.contract, settings.prepare, privacy, minimised, needed
-            )
-            for number, part in split_frames(prepared, count).items():
-                write(number, part)
+        report = prepare_by_frame(
+            read, count, write, settings.contract, settings.prepare, privacy, minimised, needed
+        )
     write_json(layout.privacy_report, report)
     return report

@@ -133,7 +133,7 @@ def test_rows_that_differ_only_in_a_direct_identifier_are_not_duplicates(setting
     assert "tx-resent" not in set(out["transaction_id"]) and REPEATED not in out.columns
 
 
-# --- the chunked path of `run` gives what the whole-table path gives --------------------
+# --- a source read in chunks gives what the same source read as one chunk gives --------
 
 
 def _chunked(raw: pd.DataFrame, settings, rows: int, key: bytes | None = None):
@@ -145,7 +145,7 @@ def _chunked(raw: pd.DataFrame, settings, rows: int, key: bytes | None = None):
     return frames, summary
 
 
-def _same_as_whole(raw: pd.DataFrame, settings, rows: int, key: bytes | None = None) -> None:
+def _same_as_one_chunk(raw: pd.DataFrame, settings, rows: int, key: bytes | None = None) -> None:
     expected, summary = ingest(raw, settings, key=key)
     frames, chunked_summary = _chunked(raw, settings, rows, key)
     assert chunked_summary == summary
@@ -165,28 +165,28 @@ def _with_repeats_across_chunks(settings, rows: int, chunk: int) -> pd.DataFrame
     return raw
 
 
-def test_chunks_give_the_whole_table_result_with_repeats_across_chunks(settings) -> None:
+def test_chunks_give_the_one_chunk_result_with_repeats_across_chunks(settings) -> None:
     from pipeline.ingest import REPEATED
 
     raw = _with_repeats_across_chunks(settings, 900, 200)
-    _same_as_whole(raw, settings, 200)
+    _same_as_one_chunk(raw, settings, 200)
     frames, _ = _chunked(raw, settings, 200)
     data = pd.concat(frames.values(), ignore_index=True)
     assert int(data[REPEATED].sum()) == 3
     assert data["customer_age"].dtype == "Int64"
 
 
-def test_chunks_give_the_whole_table_result_when_sampled_keyed_or_derived(settings) -> None:
+def test_chunks_give_the_one_chunk_result_when_sampled_keyed_or_derived(settings) -> None:
     raw = _with_repeats_across_chunks(settings, 900, 130)
     data = settings.environment.data.model_copy(update={"sample_fraction": 0.4})
     sampled = settings.model_copy(
         update={"environment": settings.environment.model_copy(update={"data": data})}
     )
-    _same_as_whole(raw, sampled, 130)
-    _same_as_whole(raw, _keyed(settings), 130, key=KEY)
+    _same_as_one_chunk(raw, sampled, 130)
+    _same_as_one_chunk(raw, _keyed(settings), 130, key=KEY)
     # Without ids, identical rows in different chunks still number "-0", "-1", ...
-    _same_as_whole(raw.drop(columns=["transaction_id"]), settings, 130)
-    _same_as_whole(raw.drop(columns=["transaction_id"]), sampled, 130)
+    _same_as_one_chunk(raw.drop(columns=["transaction_id"]), settings, 130)
+    _same_as_one_chunk(raw.drop(columns=["transaction_id"]), sampled, 130)
 
 
 def test_a_hash_collision_is_not_taken_for_a_repeat(settings, monkeypatch) -> None:
@@ -199,7 +199,7 @@ def test_a_hash_collision_is_not_taken_for_a_repeat(settings, monkeypatch) -> No
     monkeypatch.setattr(
         ingest_module, "content_hashes", lambda data, columns: np.zeros(len(data), "uint64")
     )
-    _same_as_whole(raw, settings, 100)
+    _same_as_one_chunk(raw, settings, 100)
 
 
 def test_chunked_errors_name_field_rule_value_and_the_row(settings) -> None:

@@ -82,7 +82,7 @@ def test_data_the_filter_did_not_minimise_is_refused(settings) -> None:
         prepare(data, settings.contract, Prepare(), privacy, {"pseudonymised_columns": ["x"]})
 
 
-# --- `run` prepares one frame at a time; the result is the whole-table one ---------------
+# --- `run` prepares one frame at a time; how rows fall into frames changes nothing ------
 
 
 def _ingested(settings, rows: int = 900):
@@ -102,10 +102,12 @@ def _ingested(settings, rows: int = 900):
 
 @pytest.mark.parametrize("policy", ["drop", "fill_median", "fail"])
 @pytest.mark.parametrize("rules", [True, False])
-def test_frame_by_frame_gives_the_whole_table_result(settings, policy, rules) -> None:
+def test_twelve_frames_give_what_the_same_rows_in_one_frame_give(settings, policy, rules) -> None:
+    """Duplicates, medians, unique ids and k-anonymity span frames: reading the rows one
+    frame at a time must decide them as if every row were in one frame."""
     import pandas as pd
 
-    from pipeline.prepare import needed_columns, prepare_by_frame, split_frames
+    from pipeline.prepare import needed_columns, prepare_by_frame
 
     frames, minimised = _ingested(settings)
     privacy = settings.environment.privacy
@@ -113,13 +115,12 @@ def test_frame_by_frame_gives_the_whole_table_result(settings, policy, rules) ->
         privacy = privacy.model_copy(update={"generalise": {}})
     options = Prepare(missing=policy)
     needed = needed_columns(settings) | {"postcode"}
-    whole = pd.concat(frames.values(), ignore_index=True)
-    written: dict[int, pd.DataFrame] = {}
 
-    def by_frame():
-        return prepare_by_frame(
-            lambda n, columns=None: frames[n],
-            12,
+    def prepared(parts: dict[int, pd.DataFrame]) -> tuple[pd.DataFrame, dict]:
+        written: dict[int, pd.DataFrame] = {}
+        report = prepare_by_frame(
+            lambda n, columns=None: parts[n],
+            len(parts),
             written.__setitem__,
             settings.contract,
             options,
@@ -127,17 +128,26 @@ def test_frame_by_frame_gives_the_whole_table_result(settings, policy, rules) ->
             minimised,
             needed,
         )
+        assert sorted(written) == sorted(parts)
+        return pd.concat([written[n] for n in sorted(written)], ignore_index=True), report
 
+    one = {1: pd.concat([frames[n] for n in range(1, 13)], ignore_index=True)}
     if policy == "fail":
         with pytest.raises(DataError) as expected:
-            prepare(whole, settings.contract, options, privacy, minimised, needed)
+            prepared(one)
         with pytest.raises(DataError) as got:
-            by_frame()
+            prepared(frames)
         assert str(got.value) == str(expected.value)
         return
-    prepared, report = prepare(whole, settings.contract, options, privacy, minimised, needed)
-    assert by_frame() == report
+    whole, report = prepared(one)
+    by_frame, by_frame_report = prepared(frames)
+    assert by_frame_report == report
     assert report["cleaning"]["duplicates_dropped"] == 3
     assert report["suppressed_rows"] > 0
-    for number, part in split_frames(prepared, 12).items():
-        pd.testing.assert_frame_equal(written[number], part, check_exact=True)
+    pd.testing.assert_frame_equal(by_frame, whole, check_exact=True)
+    # `prepare`, for a table in memory, is the same work.
+    in_memory, in_memory_report = prepare(
+        one[1], settings.contract, options, privacy, minimised, needed
+    )
+    assert in_memory_report == report
+    pd.testing.assert_frame_equal(in_memory, whole, check_exact=True)
