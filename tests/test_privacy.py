@@ -39,6 +39,25 @@ def test_generalisation_bands_and_prefixes() -> None:
     coarse = generalise(gaps, Generalise(keep_prefix=2))
     assert coarse[0] == "75***" and coarse[1:].isna().all()
 
+    # An integer column keeps its digits: 63 is "63", never the float text "63.0".
+    ints = pd.Series([63, 7, None], dtype="Int64")
+    assert generalise(ints, Generalise(keep_prefix=1)).tolist() == ["6*", "7", None]
+
+
+def test_coarsened_rows_share_their_label_strings() -> None:
+    """Prepare's peak at 10x the data was these columns as one string per row."""
+    ages = pd.Series(np.random.default_rng(0).integers(18, 90, 10_000)).astype("Int64")
+    ages[::7] = pd.NA
+    for coarse in (
+        generalise(ages, Generalise(bin_width=10)),
+        generalise(ages.astype(str).where(ages.notna()), Generalise(keep_prefix=1)),
+        generalise_to_bands(ages, decile_edges(ages)),
+    ):
+        present = coarse.dropna()
+        assert coarse.dtype == object and coarse.isna().sum() == ages.isna().sum()
+        # At most one string object per distinct source value, not one per row.
+        assert len({id(v) for v in present}) <= ages.nunique() < len(present) / 100
+
 
 def test_k_anonymity_is_the_smallest_class() -> None:
     frame = pd.DataFrame({"a": [1, 1, 1, 2, 2], "b": ["x", "x", "x", "y", "y"]})
