@@ -175,7 +175,6 @@ class ScoredFrame:
     """A frame whose chunks are scored and handed to the store, not all stored yet."""
 
     lineage: dict[str, Any]
-    empty: pd.DataFrame
     parts: list[tuple[pd.DataFrame, Future]] = field(default_factory=list)
 
     def stored(self) -> bool:
@@ -185,14 +184,19 @@ class ScoredFrame:
         """Wait for the frame's chunks, then write its receipt and summary.
 
         A record this version scored before keeps its stored score: the receipt names
-        the ids in the store, not the fresh ones a re-run drew.
+        the ids in the store, not the fresh ones a re-run drew. A chunk is changed only
+        here, after its writer is done with it.
         """
         receipts, inserted = [], 0
         for scored, future in self.parts:
             added, scored["score_id"] = future.result()
             inserted += added
             receipts.append(scored)
-        receipt = pd.concat(receipts, ignore_index=True) if receipts else self.empty
+        receipt = (
+            pd.concat(receipts, ignore_index=True)
+            if receipts
+            else score_rows(None, pd.DataFrame(), [], "", 0)
+        )
         return write_frame_outputs(layout, receipt, inserted, self.lineage, model_from)
 
 
@@ -204,13 +208,13 @@ def _score_frame(settings, layout, model: Any, writers, lineage: dict[str, Any])
     frame = lineage["frame"]
     data = pd.read_parquet(layout.frame_file(layout.prepared, frame))
     inputs, id_column = settings.model_inputs, settings.contract.id_column
-    pending = ScoredFrame(lineage, empty=score_rows(None, data.iloc[:0], [], "", 0))
+    pending = ScoredFrame(lineage)
     progress = tqdm(total=len(data), desc=f"score frame {frame}", unit="rows", disable=None)
     try:
         for part in chunks(data, settings.score.chunk_rows):
             scored = score_rows(model, part, inputs, id_column, lineage["threshold"])
             scored["score_id"] = new_batch_score_ids(len(scored))
-            pending.parts.append((scored, writers.submit(scored.copy(), lineage, utcnow())))
+            pending.parts.append((scored, writers.submit(scored, lineage, utcnow())))
             progress.update(len(part))
     finally:
         progress.close()

@@ -188,47 +188,20 @@ def test_exit_codes_and_errors_are_the_same_warm_and_cold(warm_project) -> None:
 @pytest.mark.slow
 @needs_crispml
 def test_a_caller_killed_outright_takes_its_fork_with_it(warm_project) -> None:
-    root, env = warm_project
-    crispml(root, env, "source")
-    wait_until_ready(env)
-    caller = subprocess.Popen(
-        [CRISPML, "source"],
-        cwd=root,
-        env={**env, "WARM_TEST_SLEEP": "60"},
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    line = caller.stderr.readline()
-    fork = int(marker(line)["pid"])
+    caller, fork = _sleeping_caller(*warm_project)
     assert fork != caller.pid
     caller.kill()
     caller.wait(timeout=10)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and _alive(fork):
-        time.sleep(0.05)
-    assert not _alive(fork)
+    assert _gone_within(fork, 10)
 
 
 @pytest.mark.slow
 @needs_crispml
 def test_a_signal_to_the_caller_reaches_the_fork_and_its_exit(warm_project) -> None:
-    root, env = warm_project
-    crispml(root, env, "source")
-    wait_until_ready(env)
-    caller = subprocess.Popen(
-        [CRISPML, "source"],
-        cwd=root,
-        env={**env, "WARM_TEST_SLEEP": "60"},
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    fork = int(marker(caller.stderr.readline())["pid"])
+    caller, fork = _sleeping_caller(*warm_project)
     caller.send_signal(signal.SIGTERM)
     assert caller.wait(timeout=10) == -signal.SIGTERM  # as a command of its own would
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and _alive(fork):
-        time.sleep(0.05)
-    assert not _alive(fork)
+    assert _gone_within(fork, 10)
 
 
 @pytest.mark.slow
@@ -249,6 +222,27 @@ def test_switched_off_or_another_import_environment_means_a_process_of_its_own(
     wait_until_ready(threads)
     listed = json.loads(crispml(root, env, "warm", "status").stdout)
     assert len(listed) == 2 and sum(e["serves_this_interpreter"] for e in listed) == 1
+
+
+def _sleeping_caller(root: Path, env: dict[str, str]) -> tuple[subprocess.Popen, int]:
+    """A `crispml source` served by a ready warm process, its fork asleep; and the fork's pid."""
+    crispml(root, env, "source")
+    wait_until_ready(env)
+    caller = subprocess.Popen(
+        [CRISPML, "source"],
+        cwd=root,
+        env={**env, "WARM_TEST_SLEEP": "60"},
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    return caller, int(marker(caller.stderr.readline())["pid"])
+
+
+def _gone_within(pid: int, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and _alive(pid):
+        time.sleep(0.05)
+    return not _alive(pid)
 
 
 def _alive(pid: int) -> bool:
